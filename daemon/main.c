@@ -1,0 +1,163 @@
+/*
+ * main.c — the chunkd daemon: options, start-up (locks, segments, scan), the event loop, stop.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "catalog.h"
+#include "instance.h"
+#include "log.h"
+#include "loop.h"
+#include "shm/atomics.h"
+#include "store.h"
+
+static const char usage[] =
+	"Usage: chunkd --data-dir DIR [OPTION]...\n"
+	"Keep chunks of blockchain data on local disk and publish them to worker processes\n"
+	"through shared memory (see include/chunkd.h for the client API).\n"
+	"\n"
+	"  -d, --data-dir DIR       where chunks live (created if missing); one daemon per dir\n"
+	"  -n, --name NAME          instance name, the key clients open (default: $CHUNKD_NAME,\n"
+	"                           else \"default\"); 1-64 bytes of [A-Za-z0-9._-]\n"
+	"      --max-chunks N       catalogue capacity (default 65536)\n"
+	"      --max-clients N      client slots (default 256)\n"
+	"      --scan-threads N     threads for the start-up scan (default: 2 x online CPUs)\n"
+	"  -l, --log-level LEVEL    error, warn, info (default) or debug\n"
+	"  -h, --help               show this help and exit\n"
+	"  -V, --version            show the version and exit\n"
+	"\n"
+	"Runs in the foreground and logs to stderr. SIGTERM or SIGINT stops it (exit status 0);\n"
+	"the shared-memory segments stay, so attached workers keep the last catalogue.\n"
+	"Exit status: 0 stopped by a signal, 1 start-up failed, 2 bad usage.\n"
+	"Shared memory: /dev/shm/chunkd.NAME.{cat,req,lock}. On-disk layout: docs/on-disk.md.\n";
+
+static int parse_u32(const char *opt, const char *s, uint32_t min, uint32_t max, uint32_t *out)
+{
+	char *end;
+	errno = 0;
+	unsigned long long v = strtoull(s, &end, 10);
+	if (errno || end == s || *end || s[0] == '-' || v < min || v > max) {
+		fprintf(stderr, "chunkd: %s: '%s' is not a number in [%u, %u]\n", opt, s, min, max);
+		return -1;
+	}
+	*out = (uint32_t)v;
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{"data-dir", required_argument, NULL, 'd'},
+		{"name", required_argument, NULL, 'n'},
+		{"max-chunks", required_argument, NULL, 'C'},
+		{"max-clients", required_argument, NULL, 'K'},
+		{"scan-threads", required_argument, NULL, 'T'},
+		{"log-level", required_argument, NULL, 'l'},
+		{"help", no_argument, NULL, 'h'},
+		{"version", no_argument, NULL, 'V'},
+		{NULL, 0, NULL, 0},
+	};
+	const char *data_dir = NULL, *name = NULL;
+	uint32_t max_chunks = CHUNKD_DEFAULT_MAX_CHUNKS, max_clients = CHUNKD_DEFAULT_MAX_CLIENTS;
+	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+	uint32_t scan_threads = ncpu > 0 ? (uint32_t)(2 * ncpu) : 2;
+	int c;
+	while ((c = getopt_long(argc, argv, "d:n:l:hV", opts, NULL)) != -1) {
+		switch (c) {
+		case 'd':
+			data_dir = optarg;
+			break;
+		case 'n':
+			name = optarg;
+			break;
+		case 'C':
+			if (parse_u32("--max-chunks", optarg, 1, CHUNKD_LIMIT_MAX_CHUNKS, &max_chunks))
+				return 2;
+			break;
+		case 'K':
+			if (parse_u32("--max-clients", optarg, 1, CHUNKD_LIMIT_MAX_CLIENTS,
+				      &max_clients))
+				return 2;
+			break;
+		case 'T':
+			if (parse_u32("--scan-threads", optarg, 1, 64, &scan_threads))
+				return 2;
+			break;
+		case 'l':
+			chunkd__log_level = chunkd__log_parse_level(optarg);
+			if (chunkd__log_level < 0) {
+				fprintf(stderr, "chunkd: --log-level: '%s' is not error, warn, info "
+						"or debug\n", optarg);
+				return 2;
+			}
+			break;
+		case 'h':
+			fputs(usage, stdout);
+			return 0;
+		case 'V':
+			printf("chunkd %d.%d.%d (shared-memory layout %u)\n", CHUNKD_VERSION_MAJOR,
+			       CHUNKD_VERSION_MINOR, CHUNKD_VERSION_PATCH, CHUNKD_SHM_VERSION);
+			return 0;
+		default:
+			fputs("Try 'chunkd --help'.\n", stderr);
+			return 2;
+		}
+	}
+	if (optind < argc) {
+		fprintf(stderr, "chunkd: unexpected argument '%s'\nTry 'chunkd --help'.\n",
+			argv[optind]);
+		return 2;
+	}
+	if (!data_dir) {
+		fputs("chunkd: --data-dir is required\nTry 'chunkd --help'.\n", stderr);
+		return 2;
+	}
+
+	/* Signals are taken through a signalfd in the loop; block them in every thread first. */
+	sigset_t set;
+	sigemptyset(&set);
+	sigaddset(&set, SIGTERM);
+	sigaddset(&set, SIGINT);
+	pthread_sigmask(SIG_BLOCK, &set, NULL);
+	signal(SIGPIPE, SIG_IGN);
+
+	struct timespec t0, t1;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	struct instance in;
+	if (chunkd__instance_open(&in, name, data_dir, max_chunks, max_clients) < 0)
+		return 1;
+	struct catalog cat;
+	if (chunkd__catalog_init(&cat, &in.cat, &in.req) < 0) {
+		log_error("out of memory for a catalogue of %u chunks", max_chunks);
+		chunkd__instance_close(&in);
+		return 1;
+	}
+	struct scan_stats st;
+	memset(&st, 0, sizeof(st));
+	if (chunkd__store_prepare(&in, &st) < 0 || chunkd__store_scan(&in, &cat, scan_threads, &st) < 0) {
+		chunkd__catalog_free_all(&cat);
+		chunkd__instance_close(&in);
+		return 1;
+	}
+	/* Pairs with acquire loads of state by clients and tools (chunkd_info, chunkd-dump). */
+	chunkd__store_release(&in.cat.hdr->state, (uint32_t)CHUNKD_STATE_READY);
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	double ms = (double)(t1.tv_sec - t0.tv_sec) * 1e3 + (double)(t1.tv_nsec - t0.tv_nsec) / 1e6;
+	log_info("ready: instance '%s', data dir %s: %u chunks in %u datasets (%.1f GB), %u "
+		 "malformed skipped, %u overlapping skipped, %u leftovers purged, in %.0f ms",
+		 in.name, in.data_dir, st.published, st.datasets, (double)st.bytes / 1e9, st.skipped,
+		 st.overlaps, st.purged, ms);
+
+	int r = chunkd__loop_run(&in, &cat);
+	chunkd__catalog_free_all(&cat);
+	chunkd__instance_close(&in);
+	log_info("stopped");
+	return r < 0 ? 1 : 0;
+}
