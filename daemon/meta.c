@@ -23,11 +23,11 @@
  * The longest text chunkd__meta_format() can produce, with its NUL: every number at its widest,
  * every file with a CRC and a CHUNKD_MAX_NAME-byte name.
  */
-#define META_FORMAT_MAX                                                                            \
-	(sizeof "chunkd-meta 1\n" - 1 + sizeof "id \n" - 1 + CHUNKD_META_HEX_LEN +                 \
-	 sizeof "dataset \n" - 1 + CHUNKD_META_HEX_LEN + sizeof "first_block \n" - 1 +             \
-	 U64_DIGITS + sizeof "end_block \n" - 1 + U64_DIGITS + sizeof "files 64\n" - 1 +           \
-	 CHUNKD_MAX_FILES * (sizeof "file   \n" - 1 + U64_DIGITS + 8 + CHUNKD_MAX_NAME) +          \
+#define META_FORMAT_MAX                                                                   \
+	(sizeof "chunkd-meta 1\n" - 1 + sizeof "id \n" - 1 + CHUNKD_META_HEX_LEN +        \
+	 sizeof "dataset \n" - 1 + CHUNKD_META_HEX_LEN + sizeof "first_block \n" - 1 +    \
+	 U64_DIGITS + sizeof "end_block \n" - 1 + U64_DIGITS + sizeof "files 64\n" - 1 +  \
+	 CHUNKD_MAX_FILES * (sizeof "file   \n" - 1 + U64_DIGITS + 8 + CHUNKD_MAX_NAME) + \
 	 sizeof "end\n" - 1 + 1)
 
 _Static_assert(META_FORMAT_MAX <= CHUNKD_META_MAX, "a formatted chunk always fits the limit");
@@ -206,7 +206,7 @@ int chunkd__meta_check_name(const char *name, size_t len)
 
 int chunkd__meta_dir_name(const struct chunkd_meta *m, char *out, size_t outlen)
 {
-	struct out o = { out, outlen, 0 };
+	struct out o = {out, outlen, 0};
 
 	put_u64(&o, m->first_block, U64_DIGITS);
 	put_mem(&o, "-", 1);
@@ -270,7 +270,7 @@ static int meta_valid(const struct chunkd_meta *m)
 
 int chunkd__meta_format(const struct chunkd_meta *m, char *buf, size_t buflen)
 {
-	struct out o = { buf, buflen, 0 };
+	struct out o = {buf, buflen, 0};
 
 	if (!meta_valid(m))
 		return -EINVAL;
@@ -292,8 +292,8 @@ int chunkd__meta_format(const struct chunkd_meta *m, char *buf, size_t buflen)
 		put_u64(&o, f->size, 0);
 		put_str(&o, " ");
 		if (f->has_crc) {
-			uint8_t be[4] = { (uint8_t)(f->crc32c >> 24), (uint8_t)(f->crc32c >> 16),
-					  (uint8_t)(f->crc32c >> 8), (uint8_t)f->crc32c };
+			uint8_t be[4] = {(uint8_t)(f->crc32c >> 24), (uint8_t)(f->crc32c >> 16),
+					 (uint8_t)(f->crc32c >> 8), (uint8_t)f->crc32c};
 
 			put_hex(&o, be, sizeof be);
 		} else {
@@ -446,7 +446,7 @@ static int file_line(struct cursor *c, struct chunkd_meta_file *f, size_t *namel
 int chunkd__meta_parse(const char *buf, size_t len, struct chunkd_meta *m, char *reason,
 		       size_t reasonlen)
 {
-	struct cursor c = { buf, buf + len, 0, reason, reasonlen };
+	struct cursor c = {buf, buf + len, 0, reason, reasonlen};
 	uint16_t namelen[CHUNKD_MAX_FILES];
 	unsigned first_file_line;
 	const char *s, *nul;
@@ -732,8 +732,8 @@ static void crc_init(void)
 	}
 	for (uint32_t b = 0; b < 256; b++)
 		for (int k = 1; k < 8; k++)
-			crc_table[k][b] = (crc_table[k - 1][b] >> 8) ^
-					  crc_table[0][crc_table[k - 1][b] & 0xff];
+			crc_table[k][b] =
+			    (crc_table[k - 1][b] >> 8) ^ crc_table[0][crc_table[k - 1][b] & 0xff];
 	crc_impl = crc32c_slice8;
 #if CRC32C_HW
 	if (__builtin_cpu_supports("sse4.2"))

@@ -15,15 +15,15 @@
 
 #include "chunkd.h"
 
-#define CHUNKD_META_VERSION 1u       /* the number on the first line, "chunkd-meta 1" */
-#define CHUNKD_META_MAX (64u * 1024) /* bytes in a metadata file; larger is -E2BIG */
+#define CHUNKD_META_VERSION 1u           /* the number on the first line, "chunkd-meta 1" */
+#define CHUNKD_META_MAX     (64u * 1024) /* bytes in a metadata file; larger is -E2BIG */
 
 /*
  * A chunk directory is named "<first:020>-<end:020>-<id-hex>" (CHUNKD_META_DIR_NAME_LEN bytes)
  * and lives in DATA_DIR/chunks/<dataset-hex>/, so its path below DATA_DIR/chunks/ is
  * CHUNKD_META_REL_PATH_LEN bytes.
  */
-#define CHUNKD_META_HEX_LEN (2 * CHUNKD_ID_SIZE)
+#define CHUNKD_META_HEX_LEN      (2 * CHUNKD_ID_SIZE)
 #define CHUNKD_META_DIR_NAME_LEN (20 + 1 + 20 + 1 + CHUNKD_META_HEX_LEN)
 #define CHUNKD_META_REL_PATH_LEN (CHUNKD_META_HEX_LEN + 1 + CHUNKD_META_DIR_NAME_LEN)
 

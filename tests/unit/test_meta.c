@@ -5,11 +5,12 @@
  * Every parse runs on a copy of the input that ends at a PROT_NONE page, so a read past the end
  * crashes the test instead of passing unnoticed (as picohttpparser's test.c does).
  */
+#include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
-#include <setjmp.h>
-#include <cmocka.h>
+
+#include <cmocka.h> /* after the four above, which it needs */
 
 #include <dirent.h>
 #include <errno.h>
@@ -25,22 +26,22 @@
 
 /* ---- fixtures --------------------------------------------------------------------------- */
 
-#define HEX_A "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f"
-#define HEX_B "fffefdfcfbfaf9f8f7f6f5f4f3f2f1f0efeeedecebeae9e8e7e6e5e4e3e2e1e0"
+#define HEX_A       "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f"
+#define HEX_B       "fffefdfcfbfaf9f8f7f6f5f4f3f2f1f0efeeedecebeae9e8e7e6e5e4e3e2e1e0"
 #define HEX_A_UPPER "000102030405060708090A0B0C0D0E0F101112131415161718191A1B1C1D1E1F"
 #define HEX_B_UPPER "FFFEFDFCFBFAF9F8F7F6F5F4F3F2F1F0EFEEEDECEBEAE9E8E7E6E5E4E3E2E1E0"
 
 #define L_MAGIC "chunkd-meta 1\n"
-#define L_ID "id " HEX_A "\n"
-#define L_DS "dataset " HEX_B "\n"
+#define L_ID    "id " HEX_A "\n"
+#define L_DS    "dataset " HEX_B "\n"
 #define L_FIRST "first_block 1000\n"
-#define L_END "end_block 2000\n"
+#define L_END   "end_block 2000\n"
 #define L_FILES "files 2\n"
-#define L_F1 "file 123 e3069283 blocks.parquet\n"
-#define L_F2 "file 0 - my file.txt\n"
-#define L_TAIL "end\n"
-#define HEAD L_MAGIC L_ID L_DS L_FIRST L_END
-#define VALID HEAD L_FILES L_F1 L_F2 L_TAIL
+#define L_F1    "file 123 e3069283 blocks.parquet\n"
+#define L_F2    "file 0 - my file.txt\n"
+#define L_TAIL  "end\n"
+#define HEAD    L_MAGIC L_ID L_DS L_FIRST L_END
+#define VALID   HEAD L_FILES L_F1 L_F2 L_TAIL
 
 /* The chunk that VALID describes. */
 static void sample(struct chunkd_meta *m)
@@ -115,10 +116,10 @@ static int parse_guarded(const char *text, size_t len, struct chunkd_meta *m, ch
 	return err;
 }
 
-#define assert_reason(reason, want)                                                                \
-	do {                                                                                       \
-		if (!strstr((reason), (want)))                                                     \
-			fail_msg("reason \"%s\" does not contain \"%s\"", (reason), (want));       \
+#define assert_reason(reason, want)                                                          \
+	do {                                                                                 \
+		if (!strstr((reason), (want)))                                               \
+			fail_msg("reason \"%s\" does not contain \"%s\"", (reason), (want)); \
 	} while (0)
 
 /* ---- format and parse ------------------------------------------------------------------- */
@@ -171,16 +172,16 @@ static void test_round_trip_max(void **state)
 static void test_round_trip_odd_names(void **state)
 {
 	static const char *names[] = {
-		" leading space",
-		"trailing space ",
-		"two  spaces",
-		"\xc3\xa9t\xc3\xa9",
-		"cr\r",
-		"-",
-		".chunkd-meta.tmp",
-		"...",
-		".chunkd-meta2",
-		"tab\there",
+	    " leading space",
+	    "trailing space ",
+	    "two  spaces",
+	    "\xc3\xa9t\xc3\xa9",
+	    "cr\r",
+	    "-",
+	    ".chunkd-meta.tmp",
+	    "...",
+	    ".chunkd-meta2",
+	    "tab\there",
 	};
 	struct chunkd_meta m, back;
 	char buf[CHUNKD_META_MAX], reason[128];
@@ -205,8 +206,8 @@ static void test_round_trip_odd_names(void **state)
 static void test_parse_uppercase_hex(void **state)
 {
 	static const char text[] =
-		L_MAGIC "id " HEX_A_UPPER "\ndataset " HEX_B_UPPER "\n" L_FIRST L_END L_FILES
-			"file 123 E3069283 blocks.parquet\n" L_F2 L_TAIL;
+	    L_MAGIC "id " HEX_A_UPPER "\ndataset " HEX_B_UPPER "\n" L_FIRST L_END L_FILES
+		    "file 123 E3069283 blocks.parquet\n" L_F2 L_TAIL;
 	struct chunkd_meta m, want;
 	char buf[CHUNKD_META_MAX], reason[128] = "";
 
@@ -226,20 +227,20 @@ struct bad_case {
 	const char *reason;
 };
 
-#define BAD(what, text, err, reason)                                                               \
-	{                                                                                          \
-		what, text, sizeof text - 1, err, reason                                           \
+#define BAD(what, text, err, reason)                     \
+	{                                                \
+		what, text, sizeof text - 1, err, reason \
 	}
 
-#define N16 "nnnnnnnnnnnnnnnn"
-#define N64 N16 N16 N16 N16
+#define N16     "nnnnnnnnnnnnnnnn"
+#define N64     N16 N16 N16 N16
 #define NAME255 N64 N64 N64 N16 N16 N16 "nnnnnnnnnnnnnnn"
 _Static_assert(sizeof NAME255 == 256, "NAME255 is 255 bytes");
-#define HEAD_EXTREMES                                                                              \
-	L_MAGIC L_ID L_DS "first_block 0\nend_block 18446744073709551615\nfiles 1\n"               \
+#define HEAD_EXTREMES                                                                \
+	L_MAGIC L_ID L_DS "first_block 0\nend_block 18446744073709551615\nfiles 1\n" \
 			  "file 18446744073709551615 00000000 " NAME255 "\nend\n"
 #define FILES1(line) HEAD "files 1\n" line L_TAIL
-#define HEX_A63 "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1"
+#define HEX_A63      "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1"
 
 static void test_parse_extremes(void **state)
 {
@@ -259,142 +260,138 @@ static void test_parse_extremes(void **state)
 }
 
 static const struct bad_case bad_cases[] = {
-	/* Whole-file structure. */
-	BAD("empty input", "", -EINVAL, "empty file"),
-	BAD("just a newline", "\n", -EINVAL, "line 1: not a chunkd metadata file"),
-	BAD("no trailing newline", HEAD L_FILES L_F1 L_F2 "end", -EINVAL,
-	    "line 9: no newline at end of line"),
-	BAD("missing end", HEAD L_FILES L_F1 L_F2, -EINVAL, "line 9: missing 'end' line"),
-	BAD("trailing garbage", VALID "x\n", -EINVAL, "line 10: data after 'end'"),
-	BAD("trailing garbage, no newline", VALID "x", -EINVAL, "line 10: data after 'end'"),
-	BAD("trailing empty line", VALID "\n", -EINVAL, "line 10: data after 'end'"),
-	BAD("second end", VALID "end\n", -EINVAL, "line 10: data after 'end'"),
-	BAD("truncated in the middle", L_MAGIC "id 0001", -EINVAL, "line 2: no newline"),
-	BAD("CRLF line ends", "chunkd-meta 1\r\n", -EINVAL, "line 1: line ends in \\r"),
-	BAD("NUL byte in id", L_MAGIC "id 00\0ab\n", -EINVAL, "line 2: NUL byte"),
-	BAD("NUL byte after end", VALID "\0", -EINVAL, "line 10: NUL byte"),
+    /* Whole-file structure. */
+    BAD("empty input", "", -EINVAL, "empty file"),
+    BAD("just a newline", "\n", -EINVAL, "line 1: not a chunkd metadata file"),
+    BAD("no trailing newline", HEAD L_FILES L_F1 L_F2 "end", -EINVAL,
+	"line 9: no newline at end of line"),
+    BAD("missing end", HEAD L_FILES L_F1 L_F2, -EINVAL, "line 9: missing 'end' line"),
+    BAD("trailing garbage", VALID "x\n", -EINVAL, "line 10: data after 'end'"),
+    BAD("trailing garbage, no newline", VALID "x", -EINVAL, "line 10: data after 'end'"),
+    BAD("trailing empty line", VALID "\n", -EINVAL, "line 10: data after 'end'"),
+    BAD("second end", VALID "end\n", -EINVAL, "line 10: data after 'end'"),
+    BAD("truncated in the middle", L_MAGIC "id 0001", -EINVAL, "line 2: no newline"),
+    BAD("CRLF line ends", "chunkd-meta 1\r\n", -EINVAL, "line 1: line ends in \\r"),
+    BAD("NUL byte in id", L_MAGIC "id 00\0ab\n", -EINVAL, "line 2: NUL byte"),
+    BAD("NUL byte after end", VALID "\0", -EINVAL, "line 10: NUL byte"),
 
-	/* The magic line. */
-	BAD("missing magic", L_ID L_DS L_FIRST L_END L_FILES L_F1 L_F2 L_TAIL, -EINVAL,
-	    "line 1: not a chunkd metadata file"),
-	BAD("version 2", "chunkd-meta 2\n" L_ID, -EINVAL, "line 1: unsupported format version"),
-	BAD("version 10", "chunkd-meta 10\n" L_ID, -EINVAL, "line 1: unsupported format version"),
-	BAD("magic in capitals", "CHUNKD-META 1\n" L_ID, -EINVAL, "line 1: not a chunkd"),
-	BAD("blank line first", "\n" VALID, -EINVAL, "line 1: not a chunkd"),
+    /* The magic line. */
+    BAD("missing magic", L_ID L_DS L_FIRST L_END L_FILES L_F1 L_F2 L_TAIL, -EINVAL,
+	"line 1: not a chunkd metadata file"),
+    BAD("version 2", "chunkd-meta 2\n" L_ID, -EINVAL, "line 1: unsupported format version"),
+    BAD("version 10", "chunkd-meta 10\n" L_ID, -EINVAL, "line 1: unsupported format version"),
+    BAD("magic in capitals", "CHUNKD-META 1\n" L_ID, -EINVAL, "line 1: not a chunkd"),
+    BAD("blank line first", "\n" VALID, -EINVAL, "line 1: not a chunkd"),
 
-	/* Missing and reordered lines. */
-	BAD("missing id", L_MAGIC L_DS L_FIRST L_END L_FILES L_F1 L_F2 L_TAIL, -EINVAL,
-	    "line 2: expected 'id'"),
-	BAD("dataset before id", L_MAGIC L_DS L_ID L_FIRST L_END L_FILES L_F1 L_F2 L_TAIL, -EINVAL,
-	    "line 2: expected 'id'"),
-	BAD("missing dataset", L_MAGIC L_ID L_FIRST L_END L_FILES L_F1 L_F2 L_TAIL, -EINVAL,
-	    "line 3: expected 'dataset'"),
-	BAD("end_block before first_block",
-	    L_MAGIC L_ID L_DS L_END L_FIRST L_FILES L_F1 L_F2 L_TAIL, -EINVAL,
-	    "line 4: expected 'first_block'"),
-	BAD("missing end_block", L_MAGIC L_ID L_DS L_FIRST L_FILES L_F1 L_F2 L_TAIL, -EINVAL,
-	    "line 5: expected 'end_block'"),
-	BAD("missing files", HEAD L_F1 L_F2 L_TAIL, -EINVAL, "line 6: expected 'files'"),
-	BAD("file lines before files", HEAD L_F1 L_FILES L_F2 L_TAIL, -EINVAL,
-	    "line 6: expected 'files'"),
-	BAD("end before file lines", HEAD L_FILES L_TAIL L_F1 L_F2, -EINVAL,
-	    "line 7: expected 'file'"),
-	BAD("blank line in the middle", L_MAGIC L_ID "\n" L_DS, -EINVAL,
-	    "line 3: expected 'dataset'"),
-	BAD("stops after the header", HEAD, -EINVAL, "line 6: missing 'files' line"),
-	BAD("key without value", L_MAGIC "id\n", -EINVAL, "line 2: expected 'id'"),
-	BAD("key with tab", L_MAGIC "id\t" HEX_A "\n", -EINVAL, "line 2: expected 'id'"),
-	BAD("key prefix", L_MAGIC "identity " HEX_A "\n", -EINVAL, "line 2: expected 'id'"),
+    /* Missing and reordered lines. */
+    BAD("missing id", L_MAGIC L_DS L_FIRST L_END L_FILES L_F1 L_F2 L_TAIL, -EINVAL,
+	"line 2: expected 'id'"),
+    BAD("dataset before id", L_MAGIC L_DS L_ID L_FIRST L_END L_FILES L_F1 L_F2 L_TAIL, -EINVAL,
+	"line 2: expected 'id'"),
+    BAD("missing dataset", L_MAGIC L_ID L_FIRST L_END L_FILES L_F1 L_F2 L_TAIL, -EINVAL,
+	"line 3: expected 'dataset'"),
+    BAD("end_block before first_block", L_MAGIC L_ID L_DS L_END L_FIRST L_FILES L_F1 L_F2 L_TAIL,
+	-EINVAL, "line 4: expected 'first_block'"),
+    BAD("missing end_block", L_MAGIC L_ID L_DS L_FIRST L_FILES L_F1 L_F2 L_TAIL, -EINVAL,
+	"line 5: expected 'end_block'"),
+    BAD("missing files", HEAD L_F1 L_F2 L_TAIL, -EINVAL, "line 6: expected 'files'"),
+    BAD("file lines before files", HEAD L_F1 L_FILES L_F2 L_TAIL, -EINVAL,
+	"line 6: expected 'files'"),
+    BAD("end before file lines", HEAD L_FILES L_TAIL L_F1 L_F2, -EINVAL, "line 7: expected 'file'"),
+    BAD("blank line in the middle", L_MAGIC L_ID "\n" L_DS, -EINVAL, "line 3: expected 'dataset'"),
+    BAD("stops after the header", HEAD, -EINVAL, "line 6: missing 'files' line"),
+    BAD("key without value", L_MAGIC "id\n", -EINVAL, "line 2: expected 'id'"),
+    BAD("key with tab", L_MAGIC "id\t" HEX_A "\n", -EINVAL, "line 2: expected 'id'"),
+    BAD("key prefix", L_MAGIC "identity " HEX_A "\n", -EINVAL, "line 2: expected 'id'"),
 
-	/* Hex. */
-	BAD("id 63 digits", L_MAGIC "id " HEX_A63 "\n" L_DS, -EINVAL, "line 2: bad hex in id"),
-	BAD("id 65 digits", L_MAGIC "id " HEX_A "0\n" L_DS, -EINVAL, "line 2: bad hex in id"),
-	BAD("id with g", L_MAGIC "id g" HEX_A "\n", -EINVAL, "line 2: bad hex in id"),
-	BAD("id empty", L_MAGIC "id \n", -EINVAL, "line 2: bad hex in id"),
-	BAD("id with trailing space", L_MAGIC "id " HEX_A " \n", -EINVAL, "line 2: bad hex in id"),
-	BAD("id with two spaces", L_MAGIC "id  " HEX_A "\n", -EINVAL, "line 2: bad hex in id"),
-	BAD("id with 0x", L_MAGIC "id 0x" HEX_A "\n", -EINVAL, "line 2: bad hex in id"),
-	BAD("dataset with z", L_MAGIC L_ID "dataset z" HEX_B "\n", -EINVAL,
-	    "line 3: bad hex in dataset"),
+    /* Hex. */
+    BAD("id 63 digits", L_MAGIC "id " HEX_A63 "\n" L_DS, -EINVAL, "line 2: bad hex in id"),
+    BAD("id 65 digits", L_MAGIC "id " HEX_A "0\n" L_DS, -EINVAL, "line 2: bad hex in id"),
+    BAD("id with g", L_MAGIC "id g" HEX_A "\n", -EINVAL, "line 2: bad hex in id"),
+    BAD("id empty", L_MAGIC "id \n", -EINVAL, "line 2: bad hex in id"),
+    BAD("id with trailing space", L_MAGIC "id " HEX_A " \n", -EINVAL, "line 2: bad hex in id"),
+    BAD("id with two spaces", L_MAGIC "id  " HEX_A "\n", -EINVAL, "line 2: bad hex in id"),
+    BAD("id with 0x", L_MAGIC "id 0x" HEX_A "\n", -EINVAL, "line 2: bad hex in id"),
+    BAD("dataset with z", L_MAGIC L_ID "dataset z" HEX_B "\n", -EINVAL,
+	"line 3: bad hex in dataset"),
 
-	/* Decimals. */
-	BAD("first_block with +", L_MAGIC L_ID L_DS "first_block +1000\n", -EINVAL,
-	    "line 4: bad number in first_block"),
-	BAD("first_block negative", L_MAGIC L_ID L_DS "first_block -1\n", -EINVAL,
-	    "line 4: bad number in first_block"),
-	BAD("first_block leading zero", L_MAGIC L_ID L_DS "first_block 01000\n", -EINVAL,
-	    "line 4: bad number in first_block"),
-	BAD("first_block 00", L_MAGIC L_ID L_DS "first_block 00\n", -EINVAL,
-	    "line 4: bad number in first_block"),
-	BAD("first_block empty", L_MAGIC L_ID L_DS "first_block \n", -EINVAL,
-	    "line 4: bad number in first_block"),
-	BAD("first_block trailing space", L_MAGIC L_ID L_DS "first_block 1000 \n", -EINVAL,
-	    "line 4: bad number in first_block"),
-	BAD("first_block two spaces", L_MAGIC L_ID L_DS "first_block  1000\n", -EINVAL,
-	    "line 4: bad number in first_block"),
-	BAD("first_block hex", L_MAGIC L_ID L_DS "first_block 0x10\n", -EINVAL,
-	    "line 4: bad number in first_block"),
-	BAD("first_block exponent", L_MAGIC L_ID L_DS "first_block 1e3\n", -EINVAL,
-	    "line 4: bad number in first_block"),
-	BAD("end_block 2^64", L_MAGIC L_ID L_DS L_FIRST "end_block 18446744073709551616\n", -EINVAL,
-	    "line 5: end_block does not fit in 64 bits"),
-	BAD("end_block 10^20", L_MAGIC L_ID L_DS L_FIRST "end_block 100000000000000000000\n",
-	    -EINVAL, "line 5: end_block does not fit in 64 bits"),
-	BAD("end_block 30 digits",
-	    L_MAGIC L_ID L_DS L_FIRST "end_block 999999999999999999999999999999\n", -EINVAL,
-	    "line 5: end_block does not fit in 64 bits"),
+    /* Decimals. */
+    BAD("first_block with +", L_MAGIC L_ID L_DS "first_block +1000\n", -EINVAL,
+	"line 4: bad number in first_block"),
+    BAD("first_block negative", L_MAGIC L_ID L_DS "first_block -1\n", -EINVAL,
+	"line 4: bad number in first_block"),
+    BAD("first_block leading zero", L_MAGIC L_ID L_DS "first_block 01000\n", -EINVAL,
+	"line 4: bad number in first_block"),
+    BAD("first_block 00", L_MAGIC L_ID L_DS "first_block 00\n", -EINVAL,
+	"line 4: bad number in first_block"),
+    BAD("first_block empty", L_MAGIC L_ID L_DS "first_block \n", -EINVAL,
+	"line 4: bad number in first_block"),
+    BAD("first_block trailing space", L_MAGIC L_ID L_DS "first_block 1000 \n", -EINVAL,
+	"line 4: bad number in first_block"),
+    BAD("first_block two spaces", L_MAGIC L_ID L_DS "first_block  1000\n", -EINVAL,
+	"line 4: bad number in first_block"),
+    BAD("first_block hex", L_MAGIC L_ID L_DS "first_block 0x10\n", -EINVAL,
+	"line 4: bad number in first_block"),
+    BAD("first_block exponent", L_MAGIC L_ID L_DS "first_block 1e3\n", -EINVAL,
+	"line 4: bad number in first_block"),
+    BAD("end_block 2^64", L_MAGIC L_ID L_DS L_FIRST "end_block 18446744073709551616\n", -EINVAL,
+	"line 5: end_block does not fit in 64 bits"),
+    BAD("end_block 10^20", L_MAGIC L_ID L_DS L_FIRST "end_block 100000000000000000000\n", -EINVAL,
+	"line 5: end_block does not fit in 64 bits"),
+    BAD("end_block 30 digits",
+	L_MAGIC L_ID L_DS L_FIRST "end_block 999999999999999999999999999999\n", -EINVAL,
+	"line 5: end_block does not fit in 64 bits"),
 
-	/* Range. */
-	BAD("first == end", L_MAGIC L_ID L_DS "first_block 7\nend_block 7\n", -EINVAL,
-	    "line 5: first_block must be below end_block"),
-	BAD("first > end", L_MAGIC L_ID L_DS "first_block 8\nend_block 7\n", -EINVAL,
-	    "line 5: first_block must be below end_block"),
+    /* Range. */
+    BAD("first == end", L_MAGIC L_ID L_DS "first_block 7\nend_block 7\n", -EINVAL,
+	"line 5: first_block must be below end_block"),
+    BAD("first > end", L_MAGIC L_ID L_DS "first_block 8\nend_block 7\n", -EINVAL,
+	"line 5: first_block must be below end_block"),
 
-	/* File count. */
-	BAD("files 0", HEAD "files 0\n" L_TAIL, -EINVAL, "line 6: files must be 1 to 64"),
-	BAD("files 65", HEAD "files 65\n" L_F1, -EINVAL, "line 6: files must be 1 to 64"),
-	BAD("files 2^64", HEAD "files 18446744073709551616\n", -EINVAL,
-	    "line 6: files does not fit in 64 bits"),
-	BAD("files 2^32 + 1", HEAD "files 4294967297\n", -EINVAL, "line 6: files must be 1 to 64"),
-	BAD("files -1", HEAD "files -1\n", -EINVAL, "line 6: bad number in files"),
-	BAD("files 02", HEAD "files 02\n" L_F1 L_F2 L_TAIL, -EINVAL, "line 6: bad number in files"),
-	BAD("more file lines than files", HEAD "files 1\n" L_F1 L_F2 L_TAIL, -EINVAL,
-	    "line 8: more file lines than 'files 1'"),
-	BAD("fewer file lines than files", HEAD "files 3\n" L_F1 L_F2 L_TAIL, -EINVAL,
-	    "line 9: expected 'file'"),
+    /* File count. */
+    BAD("files 0", HEAD "files 0\n" L_TAIL, -EINVAL, "line 6: files must be 1 to 64"),
+    BAD("files 65", HEAD "files 65\n" L_F1, -EINVAL, "line 6: files must be 1 to 64"),
+    BAD("files 2^64", HEAD "files 18446744073709551616\n", -EINVAL,
+	"line 6: files does not fit in 64 bits"),
+    BAD("files 2^32 + 1", HEAD "files 4294967297\n", -EINVAL, "line 6: files must be 1 to 64"),
+    BAD("files -1", HEAD "files -1\n", -EINVAL, "line 6: bad number in files"),
+    BAD("files 02", HEAD "files 02\n" L_F1 L_F2 L_TAIL, -EINVAL, "line 6: bad number in files"),
+    BAD("more file lines than files", HEAD "files 1\n" L_F1 L_F2 L_TAIL, -EINVAL,
+	"line 8: more file lines than 'files 1'"),
+    BAD("fewer file lines than files", HEAD "files 3\n" L_F1 L_F2 L_TAIL, -EINVAL,
+	"line 9: expected 'file'"),
 
-	/* File lines. */
-	BAD("file without crc", FILES1("file 123 name\n"), -EINVAL,
-	    "line 7: expected 'file <size> <crc32c> <name>'"),
-	BAD("file with size only", FILES1("file 123\n"), -EINVAL, "line 7: expected 'file <size>"),
-	BAD("file keyword only", FILES1("file\n"), -EINVAL, "line 7: expected 'file'"),
-	BAD("file size negative", FILES1("file -1 - a\n"), -EINVAL,
-	    "line 7: bad number in file size"),
-	BAD("file size empty", FILES1("file  - a\n"), -EINVAL, "line 7: bad number in file size"),
-	BAD("file size leading zero", FILES1("file 0123 - a\n"), -EINVAL,
-	    "line 7: bad number in file size"),
-	BAD("file size 2^64", FILES1("file 18446744073709551616 - a\n"), -EINVAL,
-	    "line 7: file size does not fit in 64 bits"),
-	BAD("crc 7 digits", FILES1("file 1 e306928 a\n"), -EINVAL, "line 7: bad crc32c"),
-	BAD("crc 9 digits", FILES1("file 1 e30692830 a\n"), -EINVAL, "line 7: bad crc32c"),
-	BAD("crc not hex", FILES1("file 1 e306928g a\n"), -EINVAL, "line 7: bad crc32c"),
-	BAD("crc --", FILES1("file 1 -- a\n"), -EINVAL, "line 7: bad crc32c"),
-	BAD("crc empty", FILES1("file 1  a\n"), -EINVAL, "line 7: bad crc32c"),
-	BAD("crc 0x", FILES1("file 1 0x123456 a\n"), -EINVAL, "line 7: bad crc32c"),
+    /* File lines. */
+    BAD("file without crc", FILES1("file 123 name\n"), -EINVAL,
+	"line 7: expected 'file <size> <crc32c> <name>'"),
+    BAD("file with size only", FILES1("file 123\n"), -EINVAL, "line 7: expected 'file <size>"),
+    BAD("file keyword only", FILES1("file\n"), -EINVAL, "line 7: expected 'file'"),
+    BAD("file size negative", FILES1("file -1 - a\n"), -EINVAL, "line 7: bad number in file size"),
+    BAD("file size empty", FILES1("file  - a\n"), -EINVAL, "line 7: bad number in file size"),
+    BAD("file size leading zero", FILES1("file 0123 - a\n"), -EINVAL,
+	"line 7: bad number in file size"),
+    BAD("file size 2^64", FILES1("file 18446744073709551616 - a\n"), -EINVAL,
+	"line 7: file size does not fit in 64 bits"),
+    BAD("crc 7 digits", FILES1("file 1 e306928 a\n"), -EINVAL, "line 7: bad crc32c"),
+    BAD("crc 9 digits", FILES1("file 1 e30692830 a\n"), -EINVAL, "line 7: bad crc32c"),
+    BAD("crc not hex", FILES1("file 1 e306928g a\n"), -EINVAL, "line 7: bad crc32c"),
+    BAD("crc --", FILES1("file 1 -- a\n"), -EINVAL, "line 7: bad crc32c"),
+    BAD("crc empty", FILES1("file 1  a\n"), -EINVAL, "line 7: bad crc32c"),
+    BAD("crc 0x", FILES1("file 1 0x123456 a\n"), -EINVAL, "line 7: bad crc32c"),
 
-	/* File names. */
-	BAD("name empty", FILES1("file 1 - \n"), -EINVAL, "line 7: empty file name"),
-	BAD("name with slash", FILES1("file 1 - a/b\n"), -EINVAL, "line 7: '/' in file name"),
-	BAD("name is slash", FILES1("file 1 - /\n"), -EINVAL, "line 7: '/' in file name"),
-	BAD("name is .", FILES1("file 1 - .\n"), -EINVAL, "line 7: file name is '.' or '..'"),
-	BAD("name is ..", FILES1("file 1 - ..\n"), -EINVAL, "line 7: file name is '.' or '..'"),
-	BAD("name is .chunkd-meta", FILES1("file 1 - .chunkd-meta\n"), -EINVAL,
-	    "line 7: file name .chunkd-meta is reserved"),
-	BAD("name 256 bytes", FILES1("file 1 - x" NAME255 "\n"), -EINVAL,
-	    "line 7: file name longer than 255 bytes"),
-	BAD("name with NUL", FILES1("file 1 - a\0b\n"), -EINVAL, "line 7: NUL byte"),
-	BAD("duplicate names", HEAD "files 3\n" L_F1 L_F2 "file 5 - blocks.parquet\n" L_TAIL,
-	    -EINVAL, "line 9: duplicate file name (as on line 7)"),
+    /* File names. */
+    BAD("name empty", FILES1("file 1 - \n"), -EINVAL, "line 7: empty file name"),
+    BAD("name with slash", FILES1("file 1 - a/b\n"), -EINVAL, "line 7: '/' in file name"),
+    BAD("name is slash", FILES1("file 1 - /\n"), -EINVAL, "line 7: '/' in file name"),
+    BAD("name is .", FILES1("file 1 - .\n"), -EINVAL, "line 7: file name is '.' or '..'"),
+    BAD("name is ..", FILES1("file 1 - ..\n"), -EINVAL, "line 7: file name is '.' or '..'"),
+    BAD("name is .chunkd-meta", FILES1("file 1 - .chunkd-meta\n"), -EINVAL,
+	"line 7: file name .chunkd-meta is reserved"),
+    BAD("name 256 bytes", FILES1("file 1 - x" NAME255 "\n"), -EINVAL,
+	"line 7: file name longer than 255 bytes"),
+    BAD("name with NUL", FILES1("file 1 - a\0b\n"), -EINVAL, "line 7: NUL byte"),
+    BAD("duplicate names", HEAD "files 3\n" L_F1 L_F2 "file 5 - blocks.parquet\n" L_TAIL, -EINVAL,
+	"line 9: duplicate file name (as on line 7)"),
 };
 
 static void test_parse_malformed(void **state)
@@ -509,7 +506,7 @@ static void test_parse_mutations(void **state)
 			accepted++;
 			assert_true(n > 0);
 			assert_int_equal(
-				parse_guarded(out, (size_t)n, &back, reason, sizeof reason), 0);
+			    parse_guarded(out, (size_t)n, &back, reason, sizeof reason), 0);
 			assert_meta_equal(&m, &back);
 		}
 	}
@@ -651,25 +648,25 @@ static void test_dir_name_sorts(void **state)
 static void test_dir_name_malformed(void **state)
 {
 	static const char *bad[] = {
-		"",
-		"00000000000000001000-00000000000000002000-" HEX_A "0",
-		"0000000000000001000-00000000000000002000-" HEX_A "0",
-		"00000000000000001000-00000000000000002000-" HEX_A "/",
-		"00000000000000001000_00000000000000002000-" HEX_A,
-		"00000000000000001000-00000000000000002000_" HEX_A,
-		"0000000000000000100a-00000000000000002000-" HEX_A,
-		"+0000000000000001000-00000000000000002000-" HEX_A,
-		"-0000000000000001000-00000000000000002000-" HEX_A "",
-		"00000000000000002000-00000000000000002000-" HEX_A,
-		"00000000000000002001-00000000000000002000-" HEX_A,
-		"00000000000000001000-99999999999999999999-" HEX_A,
-		"00000000000000001000-18446744073709551616-" HEX_A,
-		"00000000000000001000-00000000000000002000-"
-		"000102030405060708090A0B0C0D0E0F101112131415161718191a1b1c1d1e1f",
-		"00000000000000001000-00000000000000002000-"
-		"000102030405060708090g0b0c0d0e0f101112131415161718191a1b1c1d1e1f",
-		"00000000000000001000-00000000000000002000- "
-		"00102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f",
+	    "",
+	    "00000000000000001000-00000000000000002000-" HEX_A "0",
+	    "0000000000000001000-00000000000000002000-" HEX_A "0",
+	    "00000000000000001000-00000000000000002000-" HEX_A "/",
+	    "00000000000000001000_00000000000000002000-" HEX_A,
+	    "00000000000000001000-00000000000000002000_" HEX_A,
+	    "0000000000000000100a-00000000000000002000-" HEX_A,
+	    "+0000000000000001000-00000000000000002000-" HEX_A,
+	    "-0000000000000001000-00000000000000002000-" HEX_A "",
+	    "00000000000000002000-00000000000000002000-" HEX_A,
+	    "00000000000000002001-00000000000000002000-" HEX_A,
+	    "00000000000000001000-99999999999999999999-" HEX_A,
+	    "00000000000000001000-18446744073709551616-" HEX_A,
+	    "00000000000000001000-00000000000000002000-"
+	    "000102030405060708090A0B0C0D0E0F101112131415161718191a1b1c1d1e1f",
+	    "00000000000000001000-00000000000000002000-"
+	    "000102030405060708090g0b0c0d0e0f101112131415161718191a1b1c1d1e1f",
+	    "00000000000000001000-00000000000000002000- "
+	    "00102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f",
 	};
 	uint8_t id[32];
 	uint64_t first, end;
@@ -684,7 +681,7 @@ static void test_dir_name_malformed(void **state)
 
 static void test_hex(void **state)
 {
-	static const uint8_t bytes[] = { 0x00, 0x01, 0x7f, 0x80, 0xab, 0xcd, 0xef, 0xff };
+	static const uint8_t bytes[] = {0x00, 0x01, 0x7f, 0x80, 0xab, 0xcd, 0xef, 0xff};
 	uint8_t back[sizeof bytes];
 	char hex[2 * sizeof bytes + 1];
 
@@ -740,10 +737,10 @@ static void test_crc32c_vectors(void **state)
 		buf[i] = (uint8_t)(31 - i);
 	assert_int_equal(chunkd__crc32c(0, buf, 32), 0x113fdb5cu);
 	static const uint8_t iscsi_read[48] = {
-		0x01, 0xc0, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
-		0x00, 0x00, 0x00, 0x00, 0x14, 0x00, 0x00, 0x00, 0x00, 0x00, 0x04, 0x00,
-		0x00, 0x00, 0x00, 0x14, 0x00, 0x00, 0x00, 0x18, 0x28, 0x00, 0x00, 0x00,
-		0x00, 0x00, 0x00, 0x00, 0x02, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+	    0x01, 0xc0, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+	    0x00, 0x00, 0x00, 0x00, 0x14, 0x00, 0x00, 0x00, 0x00, 0x00, 0x04, 0x00,
+	    0x00, 0x00, 0x00, 0x14, 0x00, 0x00, 0x00, 0x18, 0x28, 0x00, 0x00, 0x00,
+	    0x00, 0x00, 0x00, 0x00, 0x02, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
 	};
 	assert_int_equal(chunkd__crc32c(0, iscsi_read, 48), 0xd9963a56u);
 	assert_int_equal(chunkd__crc32c_sw(0, iscsi_read, 48), 0xd9963a56u);
@@ -1007,37 +1004,36 @@ static void test_read_not_a_file(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_format_exact),
-		cmocka_unit_test(test_round_trip),
-		cmocka_unit_test(test_round_trip_max),
-		cmocka_unit_test(test_round_trip_odd_names),
-		cmocka_unit_test(test_parse_uppercase_hex),
-		cmocka_unit_test(test_parse_extremes),
-		cmocka_unit_test(test_parse_malformed),
-		cmocka_unit_test(test_parse_too_large),
-		cmocka_unit_test(test_parse_truncations),
-		cmocka_unit_test(test_parse_reason_truncated),
-		cmocka_unit_test(test_parse_mutations),
-		cmocka_unit_test(test_format_nospace),
-		cmocka_unit_test(test_format_invalid),
-		cmocka_unit_test(test_check_name),
-		cmocka_unit_test(test_dir_name),
-		cmocka_unit_test(test_dir_name_sorts),
-		cmocka_unit_test(test_dir_name_malformed),
-		cmocka_unit_test(test_hex),
-		cmocka_unit_test(test_crc32c_vectors),
-		cmocka_unit_test(test_crc32c_incremental),
-		cmocka_unit_test_setup_teardown(test_read_missing, tmpdir_setup, tmpdir_teardown),
-		cmocka_unit_test_setup_teardown(test_write_read, tmpdir_setup, tmpdir_teardown),
-		cmocka_unit_test_setup_teardown(test_write_keeps_file_named_like_tmp, tmpdir_setup,
-						tmpdir_teardown),
-		cmocka_unit_test_setup_teardown(test_write_over_leftover_tmp, tmpdir_setup,
-						tmpdir_teardown),
-		cmocka_unit_test_setup_teardown(test_write_invalid, tmpdir_setup, tmpdir_teardown),
-		cmocka_unit_test_setup_teardown(test_read_malformed, tmpdir_setup, tmpdir_teardown),
-		cmocka_unit_test_setup_teardown(test_read_too_large, tmpdir_setup, tmpdir_teardown),
-		cmocka_unit_test_setup_teardown(test_read_not_a_file, tmpdir_setup,
-						tmpdir_teardown),
+	    cmocka_unit_test(test_format_exact),
+	    cmocka_unit_test(test_round_trip),
+	    cmocka_unit_test(test_round_trip_max),
+	    cmocka_unit_test(test_round_trip_odd_names),
+	    cmocka_unit_test(test_parse_uppercase_hex),
+	    cmocka_unit_test(test_parse_extremes),
+	    cmocka_unit_test(test_parse_malformed),
+	    cmocka_unit_test(test_parse_too_large),
+	    cmocka_unit_test(test_parse_truncations),
+	    cmocka_unit_test(test_parse_reason_truncated),
+	    cmocka_unit_test(test_parse_mutations),
+	    cmocka_unit_test(test_format_nospace),
+	    cmocka_unit_test(test_format_invalid),
+	    cmocka_unit_test(test_check_name),
+	    cmocka_unit_test(test_dir_name),
+	    cmocka_unit_test(test_dir_name_sorts),
+	    cmocka_unit_test(test_dir_name_malformed),
+	    cmocka_unit_test(test_hex),
+	    cmocka_unit_test(test_crc32c_vectors),
+	    cmocka_unit_test(test_crc32c_incremental),
+	    cmocka_unit_test_setup_teardown(test_read_missing, tmpdir_setup, tmpdir_teardown),
+	    cmocka_unit_test_setup_teardown(test_write_read, tmpdir_setup, tmpdir_teardown),
+	    cmocka_unit_test_setup_teardown(test_write_keeps_file_named_like_tmp, tmpdir_setup,
+					    tmpdir_teardown),
+	    cmocka_unit_test_setup_teardown(test_write_over_leftover_tmp, tmpdir_setup,
+					    tmpdir_teardown),
+	    cmocka_unit_test_setup_teardown(test_write_invalid, tmpdir_setup, tmpdir_teardown),
+	    cmocka_unit_test_setup_teardown(test_read_malformed, tmpdir_setup, tmpdir_teardown),
+	    cmocka_unit_test_setup_teardown(test_read_too_large, tmpdir_setup, tmpdir_teardown),
+	    cmocka_unit_test_setup_teardown(test_read_not_a_file, tmpdir_setup, tmpdir_teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
