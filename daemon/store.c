@@ -261,10 +261,14 @@ static int cand_cmp(const void *a, const void *b)
 				     &((const struct candidate *)b)->e);
 }
 
+/* A dataset directory name: exactly 64 lowercase hex digits (one spelling per dataset). */
 static int is_hex64(const char *s)
 {
-	uint8_t tmp[32];
-	return strlen(s) == CHUNKD_META_HEX_LEN && chunkd__hex_decode(s, CHUNKD_META_HEX_LEN, tmp) == 0;
+	size_t n = 0;
+	for (; s[n]; n++)
+		if (!((s[n] >= '0' && s[n] <= '9') || (s[n] >= 'a' && s[n] <= 'f')))
+			return 0;
+	return n == CHUNKD_META_HEX_LEN;
 }
 
 int chunkd__store_scan(struct instance *in, struct catalog *cat, unsigned threads,
@@ -297,7 +301,7 @@ int chunkd__store_scan(struct instance *in, struct catalog *cat, unsigned thread
 		if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
 			continue;
 		if (!is_hex64(de->d_name)) {
-			skip(&j, de->d_name, "not a dataset directory (64 hex digits)");
+			skip(&j, de->d_name, "not a dataset directory (64 lowercase hex digits)");
 			continue;
 		}
 		if (j.ndatasets == capds) {
