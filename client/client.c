@@ -17,15 +17,6 @@
 #include "shm/atomics.h"
 #include "shm/shm.h"
 
-struct chunkd_client {
-	struct chunkd_cat_map cat;
-	struct chunkd_req_map req;
-	struct chunkd_req_client *me;
-	uint32_t my_index;
-	uint64_t owner;
-	char name[CHUNKD_NAME_MAX + 1];
-};
-
 /* Where each thread starts looking for a free pin entry: spreads threads over the table. */
 static __thread uint32_t pin_hint;
 
@@ -89,6 +80,10 @@ int chunkd_open(const char *name, chunkd_client **out)
 		if (chunkd__load_relaxed(&c->me->pins[i]) != 0)
 			chunkd__pin_clear(c->me, i);
 	chunkd__store_relaxed(&c->me->ctl.attach_ns, now_realtime_ns());
+	/* The daemon resets a slot's ring and tickets before freeing it, so we start at its tail
+	 * with ticket 1. */
+	c->next_ticket = 1;
+	pthread_mutex_init(&c->sq_lock, NULL);
 	/* Tell the daemon about the new client so that it watches the process's pidfd. */
 	chunkd__doorbell_ring(c->req.hdr);
 	*out = c;
@@ -112,12 +107,14 @@ void chunkd_close(chunkd_client *c)
 	for (uint32_t i = 0; i < CHUNKD_PINS_PER_CLIENT; i++)
 		if (chunkd__load_relaxed(&c->me->pins[i]) != 0)
 			chunkd__pin_clear(c->me, i);
-	/* seq_cst: the cleared pins precede the free owner word for any scanner. */
-	chunkd__store_seq_cst(&c->me->ctl.owner, 0);
-	/* Wake the daemon: it stops watching us, and rescans pins of condemned chunks. */
+	/* seq_cst: the cleared pins precede the closed mark for any scanner. Only the daemon frees
+	 * the slot, after it has taken every request still in our ring. */
+	chunkd__store_seq_cst(&c->me->ctl.owner, c->owner | CHUNKD_OWNER_CLOSED);
+	/* Wake the daemon: it drains and frees the slot, and rescans pins of condemned chunks. */
 	chunkd__doorbell_ring(c->req.hdr);
 	chunkd__req_detach(&c->req);
 	chunkd__cat_detach(&c->cat);
+	pthread_mutex_destroy(&c->sq_lock);
 	free(c);
 }
 

@@ -27,7 +27,7 @@ static const char usage[] =
 	"  -n, --name NAME          instance name, the key clients open (default: $CHUNKD_NAME,\n"
 	"                           else \"default\"); 1-64 bytes of [A-Za-z0-9._-]\n"
 	"      --max-chunks N       catalogue capacity (default 65536)\n"
-	"      --max-clients N      client slots (default 256)\n"
+	"      --max-clients N      client slots (default 64)\n"
 	"      --scan-threads N     threads for the start-up scan (default: 2 x online CPUs)\n"
 	"  -l, --log-level LEVEL    error, warn, info (default) or debug\n"
 	"  -h, --help               show this help and exit\n"

@@ -313,7 +313,7 @@ int chunkd__store_scan(struct instance *in, struct catalog *cat, unsigned thread
 			}
 			j.datasets = p;
 		}
-		snprintf(j.datasets[j.ndatasets++], CHUNKD_META_HEX_LEN + 1, "%s", de->d_name);
+		memcpy(j.datasets[j.ndatasets++], de->d_name, CHUNKD_META_HEX_LEN + 1); /* checked */
 	}
 	closedir(d);
 	if (r < 0)

@@ -148,6 +148,78 @@ CHUNKD_API int chunkd_list(chunkd_client *c, chunkd_id *ids, size_t cap, size_t 
  */
 CHUNKD_API int chunkd_info(chunkd_client *c, chunkd_instance_info *info);
 
+/* The state of one chunk as reported by chunkd_status(). */
+enum chunkd_chunk_state {
+	CHUNKD_CHUNK_ABSENT = 0,      /* not known to the daemon */
+	CHUNKD_CHUNK_QUEUED = 1,      /* download accepted, not started (or waiting to retry) */
+	CHUNKD_CHUNK_DOWNLOADING = 2, /* transfers in flight */
+	CHUNKD_CHUNK_PRESENT = 3,     /* published: findable and listable */
+	CHUNKD_CHUNK_DELETING = 4,    /* deleted: no longer findable; files wait for pins/removal */
+	CHUNKD_CHUNK_FAILED = 5,      /* the download failed for good; see last_error */
+};
+
+typedef struct chunkd_chunk_status {
+	uint32_t state;       /* enum chunkd_chunk_state */
+	uint32_t attempts;    /* download attempts so far (retries included) */
+	int32_t last_error;   /* negative errno of the last failure, 0 if none */
+	int32_t http_status;  /* last HTTP status of a failure, 0 if none */
+	uint32_t pins;        /* pins held on the chunk by all clients */
+	uint32_t nfiles;
+	uint64_t bytes_done;  /* bytes downloaded (all files) */
+	uint64_t bytes_total; /* bytes in all files, 0 while unknown */
+	uint64_t first_block, end_block;
+	chunkd_id dataset;
+	char message[120];    /* human-readable description of last_error, "" if none */
+} chunkd_chunk_status;
+
+/*
+ * chunkd_download — ask the daemon to download `chunk` and publish it.
+ * Validates the descriptor, copies it into this client's request ring and returns: it never
+ * blocks and never waits for the network. `chunk` and its strings may be freed on return.
+ * @ticket  if not NULL, receives a ticket for chunkd_wait().
+ * @return 0; -EINVAL a bad descriptor: nfiles 0 or above CHUNKD_MAX_FILES, a file name empty,
+ *         longer than CHUNKD_MAX_NAME, containing '/' or '\n', "." or "..", or CHUNKD_META_NAME,
+ *         duplicate names, a URL empty, longer than CHUNKD_MAX_URL, with a control character or
+ *         space, or with a scheme other than http, https, s3, file; first_block >= end_block;
+ *         -EAGAIN the ring is full or CHUNKD_TICKETS requests are outstanding (retry after a
+ *         chunkd_wait()).
+ * Per chunk id the last accepted request wins: a later delete cancels this download.
+ * Any thread (enqueues from threads of one process are serialised by a process-local mutex).
+ */
+CHUNKD_API int chunkd_download(chunkd_client *c, const chunkd_chunk *chunk, uint64_t *ticket);
+
+/*
+ * chunkd_delete — ask the daemon to delete chunk `id`: it becomes unfindable at once, its
+ * directory is removed once no pin holds it. Deleting an unknown chunk succeeds.
+ * @return 0; -EINVAL; -EAGAIN as for chunkd_download(). Never blocks. Any thread.
+ */
+CHUNKD_API int chunkd_delete(chunkd_client *c, const chunkd_id *id, uint64_t *ticket);
+
+/*
+ * chunkd_wait — wait until the request behind `ticket` reached its goal.
+ * @timeout_ms  0 polls, -1 waits without limit.
+ * @return 0 done: a download is published (findable), a delete is no longer findable or listable;
+ *         -ETIMEDOUT not yet; -ECANCELED a later request for the same chunk superseded it;
+ *         -EEXIST the id is known with another descriptor, or the range overlaps another chunk
+ *         of the dataset; -EREMOTEIO (HTTP error), -ETIMEDOUT... as the download's failure after
+ *         its attempts ran out (see chunkd_status() for the message); -ENOSPC catalogue full;
+ *         -ESTALE the ticket's result was overwritten (more than CHUNKD_TICKETS later requests);
+ *         -EINVAL a ticket this handle never issued.
+ * Blocks up to timeout_ms (futex wait; wakes when the daemon posts results). Any thread.
+ * While no daemon runs it keeps waiting: a restarted daemon continues the request.
+ */
+CHUNKD_API int chunkd_wait(chunkd_client *c, uint64_t ticket, int timeout_ms);
+
+/*
+ * chunkd_status — the daemon's view of chunk `id`: state, progress, attempts, last error, pins.
+ * @return 0 (state CHUNKD_CHUNK_ABSENT for an unknown id); -EINVAL; -EAGAIN (see chunkd_find).
+ * Never blocks (reads shared memory only). Any thread.
+ */
+CHUNKD_API int chunkd_status(chunkd_client *c, const chunkd_id *id, chunkd_chunk_status *st);
+
+/* Requests outstanding per client handle (chunkd_download/chunkd_delete tickets not yet done). */
+#define CHUNKD_TICKETS_PER_CLIENT 1024
+
 /*
  * chunkd_strerror — text for a value returned by any chunkd call (0 or a negative errno).
  * The string is static; never NULL.

@@ -12,7 +12,7 @@
 
 #include "chunkd.h"
 
-#define CHUNKD_SHM_VERSION 1u
+#define CHUNKD_SHM_VERSION 2u
 #define CHUNKD_CAT_MAGIC 0x31544143444b4e43ull /* "CNKDCAT1" little-endian */
 #define CHUNKD_REQ_MAGIC 0x31514552444b4e43ull /* "CNKDREQ1" little-endian */
 
@@ -21,9 +21,10 @@
 #define CHUNKD_NAME_MAX 64u       /* bytes in an instance name */
 #define CHUNKD_DATA_DIR_MAX 260u  /* bytes in the data dir path, with NUL */
 #define CHUNKD_SLOT_PATH_MAX 384u /* bytes in a chunk directory path, with NUL */
+#define CHUNKD_SLOT_MSG_MAX 120u  /* bytes in a slot's failure message, with NUL */
 
 #define CHUNKD_DEFAULT_MAX_CHUNKS 65536u
-#define CHUNKD_DEFAULT_MAX_CLIENTS 256u
+#define CHUNKD_DEFAULT_MAX_CLIENTS 64u
 #define CHUNKD_LIMIT_MAX_CHUNKS (1u << 22)
 #define CHUNKD_LIMIT_MAX_CLIENTS 4096u
 
@@ -96,6 +97,9 @@ struct chunkd_slot {
 	int32_t last_error;
 	uint64_t published_ns;
 	char path[CHUNKD_SLOT_PATH_MAX]; /* read with relaxed 64-bit loads under the seqlock */
+	int32_t http_status;             /* last HTTP status seen, 0 if none */
+	uint32_t _pad;
+	char message[CHUNKD_SLOT_MSG_MAX]; /* last failure, human-readable, NUL-terminated */
 } __attribute__((aligned(CHUNKD_CACHELINE)));
 
 struct chunkd_idx_hdr {
@@ -152,17 +156,82 @@ struct chunkd_req_hdr {
 
 /* Marks a client slot the daemon is reclaiming (never a valid owner word: pid 0). */
 #define CHUNKD_OWNER_RECLAIM (~0ull << 22)
+/* Set in the owner word by chunkd_close(): the daemon drains the ring, then frees the slot.
+ * Start times stay below 2^41 ticks, so bit 63 of a real owner word is always clear. */
+#define CHUNKD_OWNER_CLOSED (1ull << 63)
 
+/* Request ring and ticket table geometry (per client). */
+#define CHUNKD_SQ_BYTES (1u << 20) /* fits two of the largest possible records */
+#define CHUNKD_TICKETS ((uint32_t)CHUNKD_TICKETS_PER_CLIENT) /* outstanding requests */
+#define CHUNKD_REC_ALIGN 16u
+
+/* Line 0 of a client slot: written by the client (owner also by the daemon, see docs). */
 struct chunkd_req_client_ctl {
-	uint64_t owner; /* atomic owner word: start_ticks << 22 | pid; 0 = free */
+	uint64_t owner;   /* atomic owner word: start_ticks << 22 | pid; 0 = free */
 	uint64_t attach_ns;
+	uint64_t sq_tail; /* atomic: bytes ever enqueued; client stores with release */
+	uint8_t _pad[CHUNKD_CACHELINE - 24];
+};
+
+/* Line 1 of a client slot: written by the daemon only. */
+struct chunkd_req_client_daemon {
+	uint64_t sq_head;   /* atomic: bytes ever consumed; daemon stores with release */
+	uint32_t cq_seq;    /* futex word: bumped (release) after posting ticket results */
+	uint32_t rejected;  /* records the daemon refused as malformed (counter) */
 	uint8_t _pad[CHUNKD_CACHELINE - 16];
+};
+
+/* A ticket's result: daemon stores result, then done = ticket (release). */
+struct chunkd_ticket_slot {
+	uint64_t done;
+	int32_t result;
+	uint32_t _pad;
 };
 
 struct chunkd_req_client {
 	struct chunkd_req_client_ctl ctl;
+	struct chunkd_req_client_daemon d;
 	uint64_t pins[CHUNKD_PINS_PER_CLIENT];
+	struct chunkd_ticket_slot tickets[CHUNKD_TICKETS];
+	uint8_t _pad[CHUNKD_PAGE - (2 * CHUNKD_CACHELINE + 8 * CHUNKD_PINS_PER_CLIENT +
+				    16 * CHUNKD_TICKETS) % CHUNKD_PAGE];
+	uint8_t sq[CHUNKD_SQ_BYTES]; /* written by the client between sq_head and sq_tail */
 } __attribute__((aligned(CHUNKD_CACHELINE)));
+
+/* ---- request records (in a client's sq ring) ------------------------------------------------ */
+
+enum chunkd_rec_type {
+	CHUNKD_REC_PAD = 1,      /* filler up to the end of the ring; skip */
+	CHUNKD_REC_DOWNLOAD = 2, /* chunkd_rec_download + files */
+	CHUNKD_REC_DELETE = 3,   /* chunkd_rec_delete */
+};
+
+struct chunkd_rec_hdr {
+	uint32_t len;  /* whole record, header included, a multiple of CHUNKD_REC_ALIGN */
+	uint16_t type; /* enum chunkd_rec_type */
+	uint16_t nfiles;
+	uint64_t ticket;
+};
+
+/* Followed by nfiles times: u16 name_len, u16 url_len, name bytes, url bytes (no NULs),
+ * then zero padding up to CHUNKD_REC_ALIGN. */
+struct chunkd_rec_download {
+	struct chunkd_rec_hdr h;
+	uint64_t id[4];
+	uint64_t dataset[4];
+	uint64_t first_block;
+	uint64_t end_block;
+};
+
+struct chunkd_rec_delete {
+	struct chunkd_rec_hdr h;
+	uint64_t id[4];
+};
+
+#define CHUNKD_REC_MAX                                                                            \
+	((sizeof(struct chunkd_rec_download) + CHUNKD_MAX_FILES * (4u + CHUNKD_MAX_NAME +          \
+								    CHUNKD_MAX_URL) +                \
+	  CHUNKD_REC_ALIGN - 1) / CHUNKD_REC_ALIGN * CHUNKD_REC_ALIGN)
 
 _Static_assert(sizeof(struct chunkd_cat_hdr) == CHUNKD_PAGE, "cat header is one page");
 _Static_assert(offsetof(struct chunkd_cat_hdr, daemon) == 7 * CHUNKD_CACHELINE,
@@ -170,7 +239,7 @@ _Static_assert(offsetof(struct chunkd_cat_hdr, daemon) == 7 * CHUNKD_CACHELINE,
 _Static_assert(offsetof(struct chunkd_cat_hdr, lock) == 8 * CHUNKD_CACHELINE,
 	       "the rwlock starts its own cache line");
 _Static_assert(sizeof(pthread_rwlock_t) <= 2 * CHUNKD_CACHELINE, "rwlock fits its space");
-_Static_assert(sizeof(struct chunkd_slot) == 512, "slot is 512 bytes");
+_Static_assert(sizeof(struct chunkd_slot) == 640, "slot is 640 bytes");
 _Static_assert(offsetof(struct chunkd_slot, path) % 8 == 0, "path is word aligned");
 _Static_assert(sizeof(struct chunkd_idx_hdr) == CHUNKD_CACHELINE, "index header is one line");
 _Static_assert(sizeof(struct chunkd_idx_ds) == 40, "ds entry");
@@ -180,8 +249,16 @@ _Static_assert(sizeof(struct chunkd_req_hdr) == CHUNKD_PAGE, "req header is one 
 _Static_assert(offsetof(struct chunkd_req_hdr, doorbell) == CHUNKD_CACHELINE,
 	       "doorbell has its own cache line");
 _Static_assert(sizeof(struct chunkd_req_client_ctl) == CHUNKD_CACHELINE, "client ctl line");
-_Static_assert(offsetof(struct chunkd_req_client, pins) == CHUNKD_CACHELINE,
+_Static_assert(offsetof(struct chunkd_req_client, d) == CHUNKD_CACHELINE,
+	       "daemon-written line follows the client's");
+_Static_assert(offsetof(struct chunkd_req_client, pins) == 2 * CHUNKD_CACHELINE,
 	       "pins start on their own line");
+_Static_assert(offsetof(struct chunkd_req_client, sq) % CHUNKD_PAGE == 0, "ring is page aligned");
+_Static_assert((CHUNKD_SQ_BYTES & (CHUNKD_SQ_BYTES - 1)) == 0, "ring size is a power of two");
+_Static_assert(2 * CHUNKD_REC_MAX <= CHUNKD_SQ_BYTES, "the ring fits two largest records");
+_Static_assert(sizeof(struct chunkd_rec_hdr) == 16, "record header");
+_Static_assert(sizeof(struct chunkd_rec_download) == 96, "download record");
+_Static_assert(sizeof(struct chunkd_rec_delete) == 48, "delete record");
 
 /* The layout word; see docs/shm-layout.md. */
 #define CHUNKD_SHM_FORMAT                                                                         \

@@ -277,8 +277,14 @@ int chunkd__slot_read(const struct chunkd_slot *s, struct chunkd_slot_copy *out)
 		uint64_t *dst = (uint64_t *)out->path;
 		for (size_t i = 0; i < CHUNKD_SLOT_PATH_MAX / 8; i++)
 			dst[i] = chunkd__load_relaxed(&src[i]);
+		out->http_status = chunkd__load_relaxed(&s->http_status);
+		src = (const uint64_t *)s->message;
+		dst = (uint64_t *)out->message;
+		for (size_t i = 0; i < CHUNKD_SLOT_MSG_MAX / 8; i++)
+			dst[i] = chunkd__load_relaxed(&src[i]);
 		if (!chunkd__seq_read_retry(&s->seq, q)) {
 			out->path[CHUNKD_SLOT_PATH_MAX - 1] = '\0';
+			out->message[CHUNKD_SLOT_MSG_MAX - 1] = '\0';
 			return 0;
 		}
 	}
@@ -300,5 +306,8 @@ void chunkd__slot_write(struct chunkd_slot *s, const struct chunkd_slot_copy *in
 	chunkd__store_relaxed(&s->published_ns, in->published_ns);
 	chunkd__copy_out_relaxed((uint64_t *)s->path, (const uint64_t *)in->path,
 				 CHUNKD_SLOT_PATH_MAX / 8);
+	chunkd__store_relaxed(&s->http_status, in->http_status);
+	chunkd__copy_out_relaxed((uint64_t *)s->message, (const uint64_t *)in->message,
+				 CHUNKD_SLOT_MSG_MAX / 8);
 	chunkd__seq_write_end(&s->seq);
 }

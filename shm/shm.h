@@ -140,6 +140,9 @@ struct chunkd_slot_copy {
 	int32_t last_error;
 	uint64_t published_ns;
 	char path[CHUNKD_SLOT_PATH_MAX];
+	int32_t http_status;
+	uint32_t _pad;
+	char message[CHUNKD_SLOT_MSG_MAX] __attribute__((aligned(8)));
 };
 int chunkd__slot_read(const struct chunkd_slot *s, struct chunkd_slot_copy *out);
 

@@ -55,7 +55,7 @@ static void test_geometry(void **state)
 		assert_int_equal(g.slots_off % CHUNKD_PAGE, 0);
 		assert_int_equal(g.index_off[0] % CHUNKD_PAGE, 0);
 		assert_int_equal(g.index_bytes % CHUNKD_PAGE, 0);
-		assert_true(g.index_off[0] >= g.slots_off + (uint64_t)caps[i] * 512);
+		assert_true(g.index_off[0] >= g.slots_off + (uint64_t)caps[i] * sizeof(struct chunkd_slot));
 		assert_int_equal(g.index_off[1], g.index_off[0] + g.index_bytes);
 		assert_int_equal(g.size, g.index_off[1] + g.index_bytes);
 		assert_int_equal(g.ranges_off % CHUNKD_CACHELINE, 0);
@@ -71,7 +71,7 @@ static void test_geometry(void **state)
 	assert_int_equal(r.size, CHUNKD_PAGE + 256 * r.client_stride);
 	/* The format word names the version and the record sizes. */
 	assert_int_equal(CHUNKD_SHM_FORMAT >> 24, CHUNKD_SHM_VERSION);
-	assert_int_equal((CHUNKD_SHM_FORMAT >> 16) & 0xff, 512 / 64);
+	assert_int_equal((CHUNKD_SHM_FORMAT >> 16) & 0xff, sizeof(struct chunkd_slot) / 64);
 	assert_int_equal(CHUNKD_SHM_FORMAT & 0xff, sizeof(void *));
 }
 
