@@ -1,0 +1,1756 @@
+/*
+ * engine.c — see engine.h and docs/requests.md.
+ *
+ * Every chunk the daemon knows has a catalogue slot; a chunk with work to do also has a job
+ * (jobs[slot]). A job's `want` is the last accepted request for its id (present or absent); the
+ * state machine below only ever moves towards it:
+ *
+ *   download:  QUEUED -> MKDIR -> RUNNING (files) -> META -> DIRSYNC -> RENAME -> PARENTSYNC
+ *              -> published (job freed)
+ *   delete:    CONDEMNED (waits for pins) -> TRASH (rename into trash/) -> UNLINK (files, then
+ *              the dir) -> slot freed (job freed, or restarted when a download came meanwhile)
+ *   cancel:    any download step -> CANCEL (wait for ops in flight) -> staging removed -> slot
+ *              freed (or failed, for a download whose attempts ran out)
+ *
+ * Blocking calls: open/close and directory listing run synchronously (metadata operations on
+ * the data dir's own file system); data writes, fsync, mkdirat, renameat and unlinkat go through
+ * io_uring.
+ */
+#include "engine_internal.h"
+
+#include <assert.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <linux/futex.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "meta.h"
+#include "shm/atomics.h"
+#include "store.h"
+
+enum job_state {
+	J_QUEUED,
+	J_MKDIR,
+	J_RUNNING,
+	J_META,
+	J_DIRSYNC,
+	J_RENAME,
+	J_PARENTSYNC,
+	J_CANCEL,    /* download abandoned: waiting for ops, then staging is removed */
+	J_CONDEMNED, /* published chunk deleted: unfindable, waiting for pins */
+	J_TRASH,     /* rename into trash/ in flight */
+	J_UNLINK,    /* unlinking the files in trash/ */
+};
+
+enum { RUN_DOWNLOAD = 1, RUN_DELETE = 2 };
+
+struct waiter {
+	uint32_t client;
+	uint64_t owner;
+	uint64_t ticket;
+};
+
+struct job {
+	struct op op; /* the job's own step op (mkdir, meta write, fsync, rename, unlink) */
+	uint32_t slot;
+	enum job_state state;
+	int want_present;
+	struct chunkd_dl *dl; /* descriptor of the download (NULL for a condemned chunk) */
+	struct chunkd_slot_copy desc; /* private copy of the slot's seqlocked fields */
+	struct xfer *x;
+	uint32_t files_done;
+	uint32_t inflight; /* ops of the job and its transfers in flight */
+	int dirfd;         /* staging dir (download) or trash dir (delete), -1 when closed */
+	char tmpname[96];  /* entry name in staging/ or trash/ */
+	int fail_err;      /* download failed for good: error to report */
+	char fail_msg[CHUNKD_SLOT_MSG_MAX];
+	long fail_http;
+	struct waiter *waiters;
+	uint32_t nwaiters, capwaiters;
+	char *meta_buf;
+	uint32_t unlink_pending;
+	int trash_fd;
+	int running;          /* 0, or RUN_*: counted and linked in the run list */
+	uint64_t retry_at;    /* J_RENAME waiting for an old incarnation to go */
+	struct job *next;     /* queue link */
+	struct job *next_run; /* run list link */
+};
+
+struct post {
+	uint32_t client;
+	uint64_t owner;
+	uint64_t ticket;
+	int32_t result;
+};
+
+/* Desired ranges per dataset, for the overlap check. */
+struct dsrange {
+	uint64_t first, end;
+	uint32_t slot;
+};
+
+struct dsv {
+	uint64_t dataset[4];
+	uint32_t n, cap;
+	struct dsrange *v;
+};
+
+struct engine {
+	struct loop *l;
+	struct engine_config cfg;
+	struct catalog *cat;
+	struct instance *in;
+	struct job **jobs; /* by slot */
+	struct job *queue_head, *queue_tail;
+	struct job *run_list;  /* started downloads and removals */
+	struct job *condemned; /* deleted chunks waiting for their pins to go */
+	uint32_t running_jobs, running_xfers, deleting;
+	uint32_t live_jobs;
+	struct wbuf *free_bufs;
+	uint32_t nfree_bufs;
+	struct wbuf *bufs;
+	uint8_t *buf_mem;
+	struct xfer *paused;
+	struct post *posts;
+	uint32_t nposts, capposts;
+	uint8_t *woken; /* per client */
+	uint64_t *head;  /* daemon-private ring heads, per client */
+	uint32_t nclients;
+	uint8_t *rec; /* CHUNKD_REC_MAX bytes to copy a record into */
+	struct chunkd_dl *dl_scratch;
+	struct dsv *ds; /* open addressing by dataset */
+	uint32_t dsmask;
+	int staging_fd, trash_fd, chunks_fd;
+	uint64_t seq; /* for unique staging/trash names */
+	uint64_t rng;
+	int more_intake;
+	int pins_dirty;
+	int quiescing;
+	struct http_state *http;
+};
+
+void chunkd__xfer_op_begin(struct xfer *x)
+{
+	x->inflight++;
+	x->job->inflight++;
+}
+
+void chunkd__xfer_op_end(struct xfer *x)
+{
+	x->inflight--;
+	x->job->inflight--;
+}
+
+const char *chunkd__xfer_url(const struct xfer *x)
+{
+	return x->job->dl->files[x->idx].url;
+}
+
+struct loop *chunkd__engine_loop(struct engine *e)
+{
+	return e->l;
+}
+
+struct http_state **chunkd__engine_http(struct engine *e)
+{
+	return &e->http;
+}
+
+const struct engine_config *chunkd__engine_config(struct engine *e)
+{
+	return &e->cfg;
+}
+
+void chunkd__engine_default_config(struct engine_config *cfg)
+{
+	cfg->chunks_in_flight = 4;
+	cfg->transfers = 16;
+	cfg->connect_timeout_ms = 10000;
+	cfg->stall_timeout_ms = 30000;
+	cfg->attempts = 5;
+	cfg->backoff_ms = 100;
+	cfg->backoff_max_ms = 10000;
+	cfg->buffers = 64;
+}
+
+static void job_step(struct engine *e, struct job *j);
+static void job_advance(struct engine *e, struct job *j);
+static void job_fail_or_cancel_done(struct engine *e, struct job *j);
+static void start_cancel(struct engine *e, struct job *j);
+static void condemned_add(struct engine *e, struct job *j);
+static void condemned_remove(struct engine *e, struct job *j);
+
+/* ---- dataset ranges (overlap check) ------------------------------------------------------- */
+
+static struct dsv *dsv_get(struct engine *e, const uint64_t ds[4], int create)
+{
+	uint64_t h = (ds[0] ^ ds[1] ^ ds[2] ^ ds[3]) * 0x9E3779B97F4A7C15ull;
+	for (uint32_t i = (uint32_t)(h >> 32) & e->dsmask;; i = (i + 1) & e->dsmask) {
+		struct dsv *v = &e->ds[i];
+		if (v->cap == 0) {
+			if (!create)
+				return NULL;
+			memcpy(v->dataset, ds, sizeof(v->dataset));
+			v->cap = 4;
+			v->v = malloc(sizeof(*v->v) * v->cap);
+			return v->v ? v : NULL;
+		}
+		if (!chunkd__id_cmp(v->dataset, ds))
+			return v;
+	}
+}
+
+/* Index of the first range with first >= f. */
+static uint32_t dsv_lower(const struct dsv *v, uint64_t f)
+{
+	uint32_t lo = 0, hi = v->n;
+	while (lo < hi) {
+		uint32_t mid = lo + (hi - lo) / 2;
+		if (v->v[mid].first < f)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo;
+}
+
+static int dsv_overlaps(struct engine *e, const uint64_t ds[4], uint64_t first, uint64_t end)
+{
+	struct dsv *v = dsv_get(e, ds, 0);
+	if (!v || v->n == 0)
+		return 0;
+	uint32_t i = dsv_lower(v, first);
+	if (i < v->n && v->v[i].first < end)
+		return 1;
+	return i > 0 && v->v[i - 1].end > first;
+}
+
+static int dsv_add(struct engine *e, const uint64_t ds[4], uint64_t first, uint64_t end,
+		   uint32_t slot)
+{
+	struct dsv *v = dsv_get(e, ds, 1);
+	if (!v)
+		return -ENOMEM;
+	if (v->n == v->cap) {
+		struct dsrange *p = realloc(v->v, sizeof(*p) * v->cap * 2);
+		if (!p)
+			return -ENOMEM;
+		v->v = p;
+		v->cap *= 2;
+	}
+	uint32_t i = dsv_lower(v, first);
+	memmove(&v->v[i + 1], &v->v[i], sizeof(*v->v) * (v->n - i));
+	v->v[i] = (struct dsrange){first, end, slot};
+	v->n++;
+	return 0;
+}
+
+static void dsv_remove(struct engine *e, const uint64_t ds[4], uint64_t first, uint32_t slot)
+{
+	struct dsv *v = dsv_get(e, ds, 0);
+	if (!v)
+		return;
+	uint32_t i = dsv_lower(v, first);
+	if (i < v->n && v->v[i].slot == slot && v->v[i].first == first) {
+		memmove(&v->v[i], &v->v[i + 1], sizeof(*v->v) * (v->n - i - 1));
+		v->n--;
+	}
+}
+
+/* ---- results ------------------------------------------------------------------------------ */
+
+static void post(struct engine *e, uint32_t client, uint64_t owner, uint64_t ticket, int result)
+{
+	if (e->nposts == e->capposts) {
+		uint32_t nc = e->capposts ? e->capposts * 2 : 256;
+		struct post *p = realloc(e->posts, sizeof(*p) * nc);
+		if (!p) {
+			log_error("out of memory posting a result; client %u ticket %llu not woken",
+				  client, (unsigned long long)ticket);
+			return;
+		}
+		e->posts = p;
+		e->capposts = nc;
+	}
+	e->posts[e->nposts++] = (struct post){client, owner, ticket, result};
+}
+
+static void post_waiters(struct engine *e, struct job *j, int result)
+{
+	for (uint32_t i = 0; i < j->nwaiters; i++)
+		post(e, j->waiters[i].client, j->waiters[i].owner, j->waiters[i].ticket, result);
+	j->nwaiters = 0;
+}
+
+static int add_waiter(struct job *j, uint32_t client, uint64_t owner, uint64_t ticket)
+{
+	if (j->nwaiters == j->capwaiters) {
+		uint32_t nc = j->capwaiters ? j->capwaiters * 2 : 4;
+		struct waiter *p = realloc(j->waiters, sizeof(*p) * nc);
+		if (!p)
+			return -ENOMEM;
+		j->waiters = p;
+		j->capwaiters = nc;
+	}
+	j->waiters[j->nwaiters++] = (struct waiter){client, owner, ticket};
+	return 0;
+}
+
+/* ---- slots -------------------------------------------------------------------------------- */
+
+static void slot_sync(struct engine *e, struct job *j)
+{
+	pthread_rwlock_wrlock(&e->cat->cat->hdr->lock);
+	chunkd__slot_write(&e->cat->cat->slots[j->slot], &j->desc);
+	pthread_rwlock_unlock(&e->cat->cat->hdr->lock);
+}
+
+static void set_msg(char *dst, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void set_msg(char *dst, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(dst, CHUNKD_SLOT_MSG_MAX, fmt, ap);
+	va_end(ap);
+}
+
+static struct job *job_new(struct engine *e, uint32_t slot)
+{
+	struct job *j = calloc(1, sizeof(*j));
+	if (!j)
+		return NULL;
+	j->op.fn = NULL;
+	j->slot = slot;
+	j->dirfd = -1;
+	j->trash_fd = -1;
+	e->jobs[slot] = j;
+	e->live_jobs++;
+	return j;
+}
+
+static void xfers_free(struct job *j)
+{
+	if (!j->x)
+		return;
+	for (uint32_t i = 0; i < (j->dl ? j->dl->nfiles : 0); i++)
+		if (j->x[i].fd >= 0)
+			close(j->x[i].fd);
+	free(j->x);
+	j->x = NULL;
+}
+
+static void job_unrun(struct engine *e, struct job *j);
+
+static void job_free(struct engine *e, struct job *j)
+{
+	assert(j->inflight == 0);
+	job_unrun(e, j);
+	if (e->jobs[j->slot] == j)
+		e->jobs[j->slot] = NULL;
+	xfers_free(j);
+	if (j->dirfd >= 0)
+		close(j->dirfd);
+	free(j->dl);
+	free(j->waiters);
+	free(j->meta_buf);
+	free(j);
+	e->live_jobs--;
+}
+
+/* Take a job off the run list (a started download or removal that has ended). */
+static void job_unrun(struct engine *e, struct job *j)
+{
+	if (!j->running)
+		return;
+	struct job **pp = &e->run_list;
+	while (*pp && *pp != j)
+		pp = &(*pp)->next_run;
+	if (*pp)
+		*pp = j->next_run;
+	if (j->running == RUN_DELETE)
+		e->deleting--;
+	else
+		e->running_jobs--;
+	j->running = 0;
+}
+
+/* Put a job on the run list, counted as a download or as a removal. */
+static void job_run(struct engine *e, struct job *j, int kind)
+{
+	j->running = kind;
+	j->next_run = e->run_list;
+	e->run_list = j;
+	if (kind == RUN_DELETE)
+		e->deleting++;
+	else
+		e->running_jobs++;
+}
+
+static void queue_push(struct engine *e, struct job *j)
+{
+	j->next = NULL;
+	if (e->queue_tail)
+		e->queue_tail->next = j;
+	else
+		e->queue_head = j;
+	e->queue_tail = j;
+}
+
+static void queue_remove(struct engine *e, struct job *j)
+{
+	struct job **pp = &e->queue_head, *prev = NULL;
+	while (*pp && *pp != j) {
+		prev = *pp;
+		pp = &(*pp)->next;
+	}
+	if (!*pp)
+		return;
+	*pp = j->next;
+	if (e->queue_tail == j)
+		e->queue_tail = prev;
+	j->next = NULL;
+}
+
+/* Free a slot whose chunk is gone from disk (or never reached it). */
+static void slot_free(struct engine *e, uint32_t slot)
+{
+	struct chunkd_slot_copy s;
+	if (chunkd__slot_read(&e->cat->cat->slots[slot], &s) == 0)
+		dsv_remove(e, s.dataset, s.first_block, slot);
+	chunkd__catalog_set_state(e->cat, slot, CHUNKD_SLOT_CONDEMNED);
+	chunkd__catalog_release_slot(e->cat, slot);
+}
+
+/* ---- requests ----------------------------------------------------------------------------- */
+
+static void make_rel_path(const struct chunkd_dl *dl, char *out, size_t outlen)
+{
+	char ds[65], id[65];
+	chunkd__hex_encode((const uint8_t *)dl->dataset, 32, ds);
+	chunkd__hex_encode((const uint8_t *)dl->id, 32, id);
+	snprintf(out, outlen, "%s/%020llu-%020llu-%s", ds, (unsigned long long)dl->first_block,
+		 (unsigned long long)dl->end_block, id);
+}
+
+/* Same chunk? Dataset, range and file names in order; URLs may differ (mirrors). */
+static int same_desc_dl(const struct chunkd_dl *a, const struct chunkd_dl *b)
+{
+	if (chunkd__id_cmp(a->dataset, b->dataset) || a->first_block != b->first_block ||
+	    a->end_block != b->end_block || a->nfiles != b->nfiles)
+		return 0;
+	for (uint32_t i = 0; i < a->nfiles; i++)
+		if (strcmp(a->files[i].name, b->files[i].name))
+			return 0;
+	return 1;
+}
+
+/* Compare a request with a published chunk: its slot and its metadata file. */
+static int same_desc_published(struct engine *e, uint32_t slot, const struct chunkd_dl *dl)
+{
+	struct chunkd_slot_copy s;
+	if (chunkd__slot_read(&e->cat->cat->slots[slot], &s) < 0)
+		return 0;
+	if (chunkd__id_cmp(s.dataset, dl->dataset) || s.first_block != dl->first_block ||
+	    s.end_block != dl->end_block || s.nfiles != dl->nfiles)
+		return 0;
+	int fd = open(s.path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0)
+		return 0;
+	struct chunkd_meta *m = malloc(sizeof(*m));
+	int same = m && chunkd__meta_read_at(fd, m, NULL, 0) == 0 && m->nfiles == dl->nfiles;
+	for (uint32_t i = 0; same && i < dl->nfiles; i++)
+		same = !strcmp(m->files[i].name, dl->files[i].name);
+	free(m);
+	close(fd);
+	return same;
+}
+
+static struct chunkd_dl *dl_dup(const struct chunkd_dl *dl)
+{
+	struct chunkd_dl *p = malloc(sizeof(*p));
+	if (p)
+		memcpy(p, dl, sizeof(*p));
+	return p;
+}
+
+/* Allocate a slot and a queued job for a new download, waited for by ws[0..nws). Returns 0 or
+ * a negative errno (then the caller owns the waiters' results). */
+static int new_download(struct engine *e, const struct chunkd_dl *dl, const struct waiter *ws,
+			uint32_t nws)
+{
+	if (dsv_overlaps(e, dl->dataset, dl->first_block, dl->end_block))
+		return -EEXIST;
+	struct chunkd_slot_copy d;
+	memset(&d, 0, sizeof(d));
+	memcpy(d.id, dl->id, 32);
+	memcpy(d.dataset, dl->dataset, 32);
+	d.first_block = dl->first_block;
+	d.end_block = dl->end_block;
+	d.nfiles = dl->nfiles;
+	char rel[CHUNKD_META_REL_PATH_LEN + 1];
+	make_rel_path(dl, rel, sizeof(rel));
+	/* Fits: instance.c bounds the data dir by CHUNKD_DATA_DIR_USABLE. */
+	if (snprintf(d.path, sizeof(d.path), "%s/chunks/%s", e->in->data_dir, rel) >=
+	    (int)sizeof(d.path))
+		return -ENAMETOOLONG;
+	int slot = chunkd__catalog_alloc(e->cat, &d, CHUNKD_SLOT_QUEUED);
+	if (slot < 0)
+		return slot;
+	struct job *j = job_new(e, (uint32_t)slot);
+	struct chunkd_dl *copy = dl_dup(dl);
+	if (!j || !copy || dsv_add(e, dl->dataset, dl->first_block, dl->end_block,
+				   (uint32_t)slot) < 0) {
+		free(copy);
+		if (j)
+			job_free(e, j);
+		chunkd__catalog_set_state(e->cat, (uint32_t)slot, CHUNKD_SLOT_CONDEMNED);
+		chunkd__catalog_release_slot(e->cat, (uint32_t)slot);
+		return -ENOMEM;
+	}
+	j->dl = copy;
+	j->desc = d;
+	j->want_present = 1;
+	j->state = J_QUEUED;
+	for (uint32_t i = 0; i < nws; i++)
+		if (add_waiter(j, ws[i].client, ws[i].owner, ws[i].ticket) < 0)
+			post(e, ws[i].client, ws[i].owner, ws[i].ticket, -ENOMEM);
+	queue_push(e, j);
+	return 0;
+}
+
+static void on_download(struct engine *e, const struct chunkd_dl *dl, uint32_t client,
+			uint64_t owner)
+{
+	struct waiter me = {client, owner, dl->ticket};
+	int slot = chunkd__catalog_lookup(e->cat, dl->id);
+	if (slot < 0) {
+		int r = new_download(e, dl, &me, 1);
+		if (r < 0)
+			post(e, client, owner, dl->ticket, r);
+		return;
+	}
+	struct job *j = e->jobs[slot];
+	uint32_t st = e->cat->sp[slot].state;
+	if (st == CHUNKD_SLOT_PUBLISHED) {
+		post(e, client, owner, dl->ticket,
+		     same_desc_published(e, (uint32_t)slot, dl) ? 0 : -EEXIST);
+		return;
+	}
+	if (!j) { /* a failed download keeps its slot without a job */
+		if (st != CHUNKD_SLOT_FAILED) {
+			post(e, client, owner, dl->ticket, -EIO);
+			return;
+		}
+		struct chunkd_slot_copy s;
+		if (chunkd__slot_read(&e->cat->cat->slots[slot], &s) < 0 ||
+		    chunkd__id_cmp(s.dataset, dl->dataset) || s.first_block != dl->first_block ||
+		    s.end_block != dl->end_block || s.nfiles != dl->nfiles) {
+			post(e, client, owner, dl->ticket, -EEXIST);
+			return;
+		}
+		/* Retry a failed chunk from scratch: a new slot and job. */
+		dsv_remove(e, s.dataset, s.first_block, (uint32_t)slot);
+		chunkd__catalog_set_state(e->cat, (uint32_t)slot, CHUNKD_SLOT_CONDEMNED);
+		chunkd__catalog_release_slot(e->cat, (uint32_t)slot);
+		int r = new_download(e, dl, &me, 1);
+		if (r < 0)
+			post(e, client, owner, dl->ticket, r);
+		return;
+	}
+	const struct chunkd_dl *have = j->dl;
+	if (have && !same_desc_dl(have, dl)) {
+		post(e, client, owner, dl->ticket, -EEXIST);
+		return;
+	}
+	if (!have && !same_desc_published(e, (uint32_t)slot, dl)) {
+		post(e, client, owner, dl->ticket, -EEXIST);
+		return;
+	}
+	if (j->state == J_CONDEMNED) {
+		/* Deleted but still intact (pins hold it): bring it back as it is. */
+		dsv_add(e, dl->dataset, dl->first_block, dl->end_block, (uint32_t)slot);
+		chunkd__catalog_set_state(e->cat, (uint32_t)slot, CHUNKD_SLOT_PUBLISHED);
+		condemned_remove(e, j);
+		post_waiters(e, j, 0);
+		post(e, client, owner, dl->ticket, 0);
+		job_free(e, j);
+		return;
+	}
+	if (!j->want_present) {
+		/* Being cancelled or removed: download it again once that is done. */
+		j->want_present = 1;
+		free(j->dl);
+		j->dl = dl_dup(dl);
+		if (!j->dl) {
+			j->want_present = 0;
+			post(e, client, owner, dl->ticket, -ENOMEM);
+			return;
+		}
+	}
+	if (add_waiter(j, client, owner, dl->ticket) < 0)
+		post(e, client, owner, dl->ticket, -ENOMEM);
+}
+
+
+static void on_delete(struct engine *e, const uint64_t id[4], uint64_t ticket, uint32_t client,
+		      uint64_t owner)
+{
+	int slot = chunkd__catalog_lookup(e->cat, id);
+	if (slot < 0) {
+		post(e, client, owner, ticket, 0);
+		return;
+	}
+	struct job *j = e->jobs[slot];
+	uint32_t st = e->cat->sp[slot].state;
+	struct chunkd_slot_copy s;
+	if (!j && st == CHUNKD_SLOT_PUBLISHED) {
+		j = job_new(e, (uint32_t)slot);
+		if (!j || chunkd__slot_read(&e->cat->cat->slots[slot], &s) < 0) {
+			if (j)
+				job_free(e, j);
+			post(e, client, owner, ticket, -ENOMEM);
+			return;
+		}
+		j->desc = s;
+		j->state = J_CONDEMNED;
+		j->want_present = 0;
+		dsv_remove(e, s.dataset, s.first_block, (uint32_t)slot);
+		/* Unfindable at the next index flush, which happens before this result is posted. */
+		chunkd__catalog_set_state(e->cat, (uint32_t)slot, CHUNKD_SLOT_CONDEMNED);
+		condemned_add(e, j);
+		post(e, client, owner, ticket, 0);
+		return;
+	}
+	if (!j) { /* failed: nothing on disk */
+		slot_free(e, (uint32_t)slot);
+		post(e, client, owner, ticket, 0);
+		return;
+	}
+	/* A download in some state, or a removal already under way. */
+	post_waiters(e, j, -ECANCELED);
+	if (j->want_present && j->dl)
+		dsv_remove(e, j->dl->dataset, j->dl->first_block, (uint32_t)slot);
+	j->want_present = 0;
+	if (j->state == J_QUEUED) {
+		queue_remove(e, j);
+		job_free(e, j);
+		slot_free(e, (uint32_t)slot);
+	} else if (j->state <= J_PARENTSYNC) {
+		start_cancel(e, j);
+	}
+	/* Otherwise (J_CANCEL, J_CONDEMNED, J_TRASH, J_UNLINK) it is on its way out already. */
+	post(e, client, owner, ticket, 0);
+}
+
+/* Take up to `budget` records from client i's ring. Returns 1 if more remain. */
+static int intake_client(struct engine *e, uint32_t i, uint64_t owner, uint32_t budget)
+{
+	struct chunkd_req_client *cl = chunkd__req_client(&e->in->req, i);
+	/* Pairs with the client's release store of sq_tail after writing the record. */
+	uint64_t tail = chunkd__load_acquire(&cl->ctl.sq_tail);
+	uint64_t head = e->head[i];
+	int more = 0;
+	while (head != tail) {
+		if (budget-- == 0) {
+			more = 1;
+			break;
+		}
+		int n = chunkd__sq_pop(cl, &head, tail, e->rec, CHUNKD_REC_MAX);
+		if (n == 0)
+			break;
+		const struct chunkd_rec_hdr *h = (const struct chunkd_rec_hdr *)e->rec;
+		char why[160] = "";
+		if (n < 0) {
+			log_warn("client pid %d (slot %u): garbage in its request ring; skipped to the "
+				 "tail", (int)CHUNKD_OWNER_PID(owner), i);
+			chunkd__fetch_add(&cl->d.rejected, 1, __ATOMIC_RELAXED);
+			break;
+		}
+		if (h->type == CHUNKD_REC_DOWNLOAD) {
+			int r = chunkd__rec_decode_download(e->rec, (size_t)n, e->dl_scratch, why,
+							    sizeof(why));
+			if (r == 0) {
+				on_download(e, e->dl_scratch, i, owner);
+				continue;
+			}
+			log_warn("client pid %d (slot %u): rejected download (ticket %llu): %s",
+				 (int)CHUNKD_OWNER_PID(owner), i, (unsigned long long)h->ticket, why);
+		} else if (h->type == CHUNKD_REC_DELETE && (size_t)n >= sizeof(struct chunkd_rec_delete) &&
+			   h->len == (uint32_t)n) {
+			uint64_t id[4];
+			memcpy(id, ((const struct chunkd_rec_delete *)e->rec)->id, sizeof(id));
+			on_delete(e, id, h->ticket, i, owner);
+			continue;
+		} else {
+			log_warn("client pid %d (slot %u): unknown record type %u",
+				 (int)CHUNKD_OWNER_PID(owner), i, h->type);
+		}
+		chunkd__fetch_add(&cl->d.rejected, 1, __ATOMIC_RELAXED);
+		post(e, i, owner, h->ticket, -EINVAL);
+	}
+	e->head[i] = head;
+	/* Frees the ring space; pairs with the client's acquire load of sq_head. */
+	chunkd__store_release(&cl->d.sq_head, head);
+	return more;
+}
+
+void chunkd__engine_intake(struct engine *e)
+{
+	e->more_intake = 0;
+	for (uint32_t i = 0; i < e->nclients; i++) {
+		struct chunkd_req_client *cl = chunkd__req_client(&e->in->req, i);
+		uint64_t owner = chunkd__load_acquire(&cl->ctl.owner);
+		if (owner == 0 || owner == CHUNKD_OWNER_RECLAIM)
+			continue;
+		if (intake_client(e, i, owner & ~CHUNKD_OWNER_CLOSED, 256))
+			e->more_intake = 1;
+	}
+}
+
+void chunkd__engine_client_gone(struct engine *e, uint32_t client)
+{
+	struct chunkd_req_client *cl = chunkd__req_client(&e->in->req, client);
+	/* Accepted requests are never lost: take everything still in the ring. Results go
+	 * nowhere (owner 0 never matches a live slot). */
+	while (intake_client(e, client, 0, UINT32_MAX))
+		;
+	/* Forget the client's waiters; their jobs go on. */
+	for (uint32_t s = 0; s < e->cat->cap; s++) {
+		struct job *j = e->jobs[s];
+		if (!j)
+			continue;
+		uint32_t k = 0;
+		for (uint32_t w = 0; w < j->nwaiters; w++)
+			if (j->waiters[w].client != client)
+				j->waiters[k++] = j->waiters[w];
+		j->nwaiters = k;
+	}
+	for (uint32_t p = 0; p < e->nposts; p++)
+		if (e->posts[p].client == client)
+			e->posts[p].owner = 0;
+	/* Reset the ring and the ticket table for the next owner. */
+	e->head[client] = 0;
+	chunkd__store_relaxed(&cl->ctl.sq_tail, 0);
+	chunkd__store_relaxed(&cl->d.sq_head, 0);
+	for (uint32_t t = 0; t < CHUNKD_TICKETS; t++) {
+		chunkd__store_relaxed(&cl->tickets[t].done, 0);
+		chunkd__store_relaxed(&cl->tickets[t].result, 0);
+	}
+}
+
+void chunkd__engine_pins_changed(struct engine *e)
+{
+	e->pins_dirty = 1;
+}
+
+/* ---- write buffers ------------------------------------------------------------------------ */
+
+static struct wbuf *buf_get(struct engine *e)
+{
+	struct wbuf *b = e->free_bufs;
+	if (b) {
+		e->free_bufs = b->next;
+		e->nfree_bufs--;
+		b->len = b->done = 0;
+		b->next = NULL;
+	}
+	return b;
+}
+
+static void buf_put(struct engine *e, struct wbuf *b)
+{
+	b->x = NULL;
+	b->next = e->free_bufs;
+	e->free_bufs = b;
+	e->nfree_bufs++;
+	/* Resume paused transfers now that there is room. */
+	while (e->paused && e->nfree_bufs > 0) {
+		struct xfer *x = e->paused;
+		e->paused = x->next_paused;
+		x->next_paused = NULL;
+		if (x->paused) {
+			x->paused = 0;
+			if (x->state == X_RUNNING && x->src->resume)
+				x->src->resume(e, x);
+		}
+	}
+}
+
+static void xfer_check_drained(struct engine *e, struct xfer *x);
+
+static void on_write(struct loop *l, struct op *op, int res, uint32_t flags)
+{
+	struct wbuf *b = (struct wbuf *)op;
+	struct xfer *x = b->x;
+	struct engine *e = l->eng;
+	struct job *j = x->job;
+	j->inflight--;
+	x->inflight--;
+	if (res > 0 && x->result == 0 && x->fd >= 0 && b->done + (uint32_t)res < b->len) {
+		/* A short write: continue with the rest. */
+		b->done += (uint32_t)res;
+		io_uring_prep_write(chunkd__loop_sqe(l, &b->op), x->fd, b->data + b->done,
+				    b->len - b->done, b->off + b->done);
+		j->inflight++;
+		x->inflight++;
+		return;
+	}
+	if (res < 0 && x->result == 0) {
+		x->result = res;
+		set_msg(x->msg, "writing %s: %s", j->dl->files[x->idx].name, strerror(-res));
+	} else if (res == 0 && x->result == 0) {
+		x->result = -EIO;
+		set_msg(x->msg, "writing %s: wrote nothing", j->dl->files[x->idx].name);
+	} else if (res > 0) {
+		x->written += b->len;
+	}
+	buf_put(e, b);
+	xfer_check_drained(e, x);
+}
+
+static void submit_buf(struct engine *e, struct xfer *x, struct wbuf *b)
+{
+	b->x = x;
+	b->op.fn = on_write;
+	io_uring_prep_write(chunkd__loop_sqe(e->l, &b->op), x->fd, b->data, b->len, b->off);
+	x->inflight++;
+	x->job->inflight++;
+}
+
+long chunkd__xfer_deliver(struct engine *e, struct xfer *x, const void *data, size_t n)
+{
+	if (x->result || x->job->state != J_RUNNING || !x->job->want_present)
+		return -1;
+	size_t space = x->cur ? WBUF_SIZE - x->cur->len : 0;
+	if (space < n && (e->nfree_bufs == 0 || n - space > WBUF_SIZE)) {
+		if (!x->paused) {
+			x->paused = 1;
+			x->next_paused = e->paused;
+			e->paused = x;
+		}
+		return 0;
+	}
+	x->crc = chunkd__crc32c(x->crc, data, n);
+	const uint8_t *p = data;
+	size_t left = n;
+	while (left) {
+		if (!x->cur) {
+			x->cur = buf_get(e);
+			x->cur->off = x->received + (n - left);
+		}
+		size_t k = WBUF_SIZE - x->cur->len;
+		if (k > left)
+			k = left;
+		memcpy(x->cur->data + x->cur->len, p, k);
+		x->cur->len += (uint32_t)k;
+		p += k;
+		left -= k;
+		if (x->cur->len == WBUF_SIZE) {
+			submit_buf(e, x, x->cur);
+			x->cur = NULL;
+		}
+	}
+	x->received += n;
+	x->job->desc.bytes_done += n;
+	return (long)n;
+}
+
+/* ---- transfers ---------------------------------------------------------------------------- */
+
+static const struct source_ops *source_for(const char *url)
+{
+	if (!strncmp(url, "http://", 7) || !strncmp(url, "https://", 8))
+		return &chunkd__source_http;
+	if (!strncmp(url, "file://", 7))
+		return &chunkd__source_file;
+	return NULL;
+}
+
+static void xfer_fail(struct engine *e, struct xfer *x, int err, const char *fmt, ...)
+	__attribute__((format(printf, 4, 5)));
+static void xfer_fail(struct engine *e, struct xfer *x, int err, const char *fmt, ...)
+{
+	if (x->result)
+		return;
+	x->result = err;
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(x->msg, sizeof(x->msg), fmt, ap);
+	va_end(ap);
+}
+
+static void xfer_start(struct engine *e, struct xfer *x)
+{
+	struct job *j = x->job;
+	const struct chunkd_dl_file *f = &j->dl->files[x->idx];
+	x->result = 0;
+	x->finished = 0;
+	x->received = x->written = 0;
+	x->crc = 0;
+	x->http_status = 0;
+	x->msg[0] = '\0';
+	x->state = X_RUNNING;
+	x->attempts++;
+	if (x->attempts > j->desc.attempts)
+		j->desc.attempts = x->attempts; /* the chunk's attempts: its most-tried file's */
+	e->running_xfers++;
+	x->fd = openat(j->dirfd, f->name, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	if (x->fd < 0) {
+		xfer_fail(e, x, -errno, "creating %s in staging: %s", f->name, strerror(errno));
+		x->finished = 1;
+		xfer_check_drained(e, x);
+		return;
+	}
+	x->src = source_for(f->url);
+	int r = x->src ? x->src->start(e, x) : -EPROTONOSUPPORT;
+	if (r < 0) {
+		if (r == -EPROTONOSUPPORT)
+			xfer_fail(e, x, r, "%s: scheme not supported yet", f->url);
+		else
+			xfer_fail(e, x, r, "%s: %s", f->url, strerror(-r));
+		x->finished = 1;
+		xfer_check_drained(e, x);
+	}
+}
+
+void chunkd__xfer_source_released(struct engine *e, struct xfer *x)
+{
+	if (x->src && x->src->release)
+		x->src->release(x);
+	if (x->job->state == J_CANCEL)
+		job_fail_or_cancel_done(e, x->job);
+}
+
+void chunkd__xfer_finished(struct engine *e, struct xfer *x, int err, long http_status,
+			   const char *msg)
+{
+	if (x->src && x->src->release)
+		x->src->release(x);
+	x->finished = 1;
+	x->http_status = http_status;
+	if (err && !x->result) {
+		x->result = err;
+		snprintf(x->msg, sizeof(x->msg), "%s", msg ? msg : strerror(-err));
+	}
+	if (!x->result && x->cur) {
+		if (x->cur->len) {
+			submit_buf(e, x, x->cur);
+		} else {
+			buf_put(e, x->cur);
+		}
+		x->cur = NULL;
+	}
+	xfer_check_drained(e, x);
+}
+
+static void on_fsync_file(struct loop *l, struct op *op, int res, uint32_t flags)
+{
+	struct xfer *x = (struct xfer *)((char *)op - offsetof(struct xfer, fsync_op));
+	struct engine *e = l->eng;
+	x->job->inflight--;
+	x->inflight--;
+	if (res < 0 && !x->result)
+		xfer_fail(e, x, res, "fsync %s: %s", x->job->dl->files[x->idx].name, strerror(-res));
+	x->state = X_DRAINING;
+	xfer_check_drained(e, x);
+}
+
+static uint64_t backoff(struct engine *e, uint32_t attempt)
+{
+	uint64_t d = e->cfg.backoff_ms;
+	for (uint32_t i = 1; i < attempt && d < e->cfg.backoff_max_ms; i++)
+		d *= 2;
+	if (d > e->cfg.backoff_max_ms)
+		d = e->cfg.backoff_max_ms;
+	/* Jitter: uniformly in [d/2, d]. */
+	e->rng = e->rng * 6364136223846793005ull + 1442695040888963407ull;
+	return d / 2 + (e->rng >> 33) % (d / 2 + 1);
+}
+
+/* Called whenever a transfer may have reached a resting point: the source finished and no
+ * write is in flight. Then: fsync a good file, or schedule a retry / fail the chunk. */
+static void xfer_check_drained(struct engine *e, struct xfer *x)
+{
+	struct job *j = x->job;
+	if (!x->finished || x->inflight)
+		return;
+	if (x->state == X_RUNNING)
+		e->running_xfers--;
+	if (x->cur) {
+		buf_put(e, x->cur);
+		x->cur = NULL;
+	}
+	if (j->state != J_RUNNING) {
+		x->state = X_IDLE;
+		job_advance(e, j);
+		return;
+	}
+	if (x->result == 0 && x->state == X_RUNNING) {
+		x->state = X_FSYNC;
+		x->fsync_op.fn = on_fsync_file;
+		io_uring_prep_fsync(chunkd__loop_sqe(e->l, &x->fsync_op), x->fd, 0);
+		x->inflight++;
+		j->inflight++;
+		return;
+	}
+	if (x->fd >= 0) {
+		close(x->fd);
+		x->fd = -1;
+	}
+	if (x->result == 0) {
+		x->state = X_DONE;
+		j->files_done++;
+		j->desc.bytes_total += x->received;
+		log_debug("chunk slot %u: file %s done (%llu bytes)", j->slot,
+			  j->dl->files[x->idx].name, (unsigned long long)x->received);
+		job_advance(e, j);
+		return;
+	}
+	/* Failed attempt. */
+	j->desc.last_error = x->result;
+	j->desc.http_status = (int32_t)x->http_status;
+	snprintf(j->desc.message, sizeof(j->desc.message), "%s", x->msg);
+	j->desc.bytes_done -= x->received < j->desc.bytes_done ? x->received : j->desc.bytes_done;
+	log_info("chunk slot %u: %s (attempt %u of %u)", j->slot, x->msg, x->attempts,
+		 e->cfg.attempts);
+	if (x->attempts >= e->cfg.attempts) {
+		j->fail_err = x->result;
+		j->fail_http = x->http_status;
+		snprintf(j->fail_msg, sizeof(j->fail_msg), "%s", x->msg);
+		x->state = X_IDLE;
+		start_cancel(e, j);
+		return;
+	}
+	x->state = X_RETRY;
+	x->retry_at = chunkd__mono_ms() + backoff(e, x->attempts);
+	slot_sync(e, j);
+}
+
+/* ---- job steps ---------------------------------------------------------------------------- */
+
+static void on_job_op(struct loop *l, struct op *op, int res, uint32_t flags);
+
+static void job_submit_op(struct engine *e, struct job *j, struct io_uring_sqe **sqe)
+{
+	j->op.fn = on_job_op;
+	*sqe = chunkd__loop_sqe(e->l, &j->op);
+	j->inflight++;
+}
+
+static void job_published(struct engine *e, struct job *j)
+{
+	j->desc.last_error = 0;
+	j->desc.message[0] = '\0';
+	j->desc.bytes_done = j->desc.bytes_total;
+	slot_sync(e, j);
+	chunkd__catalog_set_state(e->cat, j->slot, CHUNKD_SLOT_PUBLISHED);
+	log_info("published chunk slot %u: %s (%u files, %llu bytes)", j->slot, j->desc.path,
+		 j->dl->nfiles, (unsigned long long)j->desc.bytes_total);
+	post_waiters(e, j, 0);
+	job_unrun(e, j);
+	job_free(e, j);
+}
+
+/* Write the metadata file: build it, open it, submit the write (its fsync follows). */
+static int job_write_meta(struct engine *e, struct job *j)
+{
+	struct chunkd_meta *m = calloc(1, sizeof(*m));
+	if (!m)
+		return -ENOMEM;
+	memcpy(m->id, j->dl->id, 32);
+	memcpy(m->dataset, j->dl->dataset, 32);
+	m->first_block = j->dl->first_block;
+	m->end_block = j->dl->end_block;
+	m->nfiles = j->dl->nfiles;
+	for (uint32_t i = 0; i < m->nfiles; i++) {
+		snprintf(m->files[i].name, sizeof(m->files[i].name), "%s", j->dl->files[i].name);
+		m->files[i].size = j->x[i].received;
+		m->files[i].crc32c = j->x[i].crc;
+		m->files[i].has_crc = 1;
+	}
+	j->meta_buf = malloc(CHUNKD_META_MAX);
+	int n = j->meta_buf ? chunkd__meta_format(m, j->meta_buf, CHUNKD_META_MAX) : -ENOMEM;
+	free(m);
+	if (n < 0)
+		return n;
+	int fd = openat(j->dirfd, CHUNKD_META_NAME, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+	if (fd < 0)
+		return -errno;
+	/* Reuse the first transfer's fd slot to remember it for the fsync and close. */
+	j->x[0].fd = fd;
+	struct io_uring_sqe *sqe;
+	job_submit_op(e, j, &sqe);
+	io_uring_prep_write(sqe, fd, j->meta_buf, (unsigned)n, 0);
+	sqe->flags |= IOSQE_IO_LINK;
+	job_submit_op(e, j, &sqe); /* the same op: its callback runs twice */
+	io_uring_prep_fsync(sqe, fd, 0);
+	return 0;
+}
+
+static void job_fail_or_cancel_done(struct engine *e, struct job *j);
+static void on_removal_op(struct engine *e, struct job *j, int res);
+
+/* Run the next step of a download. */
+static void job_step(struct engine *e, struct job *j)
+{
+	struct io_uring_sqe *sqe;
+	char rel[CHUNKD_META_REL_PATH_LEN + 1];
+	switch (j->state) {
+	case J_MKDIR:
+		job_submit_op(e, j, &sqe);
+		io_uring_prep_mkdirat(sqe, e->staging_fd, j->tmpname, 0755);
+		break;
+	case J_META: {
+		int r = job_write_meta(e, j);
+		if (r < 0) {
+			j->fail_err = r;
+			set_msg(j->fail_msg, "writing metadata: %s", strerror(-r));
+			start_cancel(e, j);
+		}
+		break;
+	}
+	case J_DIRSYNC:
+		job_submit_op(e, j, &sqe);
+		io_uring_prep_fsync(sqe, j->dirfd, 0);
+		break;
+	case J_RENAME: {
+		char ds[65];
+		chunkd__hex_encode((const uint8_t *)j->dl->dataset, 32, ds);
+		if (mkdirat(e->chunks_fd, ds, 0755) == 0)
+			fsync(e->chunks_fd); /* a new dataset dir must survive too */
+		make_rel_path(j->dl, rel, sizeof(rel));
+		job_submit_op(e, j, &sqe);
+		io_uring_prep_renameat(sqe, e->staging_fd, j->tmpname, e->chunks_fd, rel,
+				       RENAME_NOREPLACE);
+		/* renameat reads both paths at submission in this kernel: strings on the stack
+		 * must outlive io_uring_submit, so submit now. */
+		io_uring_submit(&e->l->ring);
+		break;
+	}
+	case J_PARENTSYNC: {
+		char ds[65];
+		chunkd__hex_encode((const uint8_t *)j->dl->dataset, 32, ds);
+		int fd = openat(e->chunks_fd, ds, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		if (fd < 0) {
+			log_error("chunk slot %u: open %s: %s", j->slot, ds, strerror(errno));
+			job_published(e, j); /* the rename is done; durability degraded */
+			break;
+		}
+		close(j->dirfd);
+		j->dirfd = fd;
+		job_submit_op(e, j, &sqe);
+		io_uring_prep_fsync(sqe, fd, 0);
+		break;
+	}
+	default:
+		break;
+	}
+}
+
+/* Files all done: move on to the metadata. Called when a transfer reaches a resting state. */
+static void job_advance(struct engine *e, struct job *j)
+{
+	if (j->state == J_CANCEL) {
+		job_fail_or_cancel_done(e, j);
+		return;
+	}
+	if (j->state != J_RUNNING)
+		return;
+	if (j->files_done == j->dl->nfiles) {
+		slot_sync(e, j);
+		j->state = J_META;
+		job_step(e, j);
+	}
+}
+
+static void on_job_op(struct loop *l, struct op *op, int res, uint32_t flags)
+{
+	struct job *j = (struct job *)op;
+	struct engine *e = l->eng;
+	j->inflight--;
+	if (j->state == J_CANCEL) {
+		job_fail_or_cancel_done(e, j);
+		return;
+	}
+	if (j->state == J_TRASH || j->state == J_UNLINK) {
+		on_removal_op(e, j, res);
+		return;
+	}
+	switch (j->state) {
+	case J_MKDIR:
+		if (res < 0) {
+			j->fail_err = res;
+			set_msg(j->fail_msg, "mkdir in staging: %s", strerror(-res));
+			start_cancel(e, j);
+			return;
+		}
+		j->dirfd = openat(e->staging_fd, j->tmpname, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		if (j->dirfd < 0) {
+			j->fail_err = -errno;
+			set_msg(j->fail_msg, "open staging dir: %s", strerror(errno));
+			start_cancel(e, j);
+			return;
+		}
+		j->state = J_RUNNING;
+		for (uint32_t i = 0; i < j->dl->nfiles; i++)
+			j->x[i].state = X_IDLE;
+		chunkd__catalog_set_state(e->cat, j->slot, CHUNKD_SLOT_DOWNLOADING);
+		break;
+	case J_META:
+		if (res < 0 && !j->fail_err) {
+			j->fail_err = res;
+			set_msg(j->fail_msg, "writing metadata: %s", strerror(-res));
+		}
+		if (j->inflight)
+			return; /* the write and the fsync complete separately */
+		close(j->x[0].fd);
+		j->x[0].fd = -1;
+		if (j->fail_err) {
+			start_cancel(e, j);
+			return;
+		}
+		j->state = J_DIRSYNC;
+		job_step(e, j);
+		break;
+	case J_DIRSYNC:
+		if (res < 0) {
+			j->fail_err = res;
+			set_msg(j->fail_msg, "fsync staging dir: %s", strerror(-res));
+			start_cancel(e, j);
+			return;
+		}
+		j->state = J_RENAME;
+		job_step(e, j);
+		break;
+	case J_RENAME:
+		if (res == -EEXIST) {
+			/* An old incarnation of the same chunk is still in place (being
+			 * removed); try again shortly (chunkd__engine_run). */
+			j->retry_at = chunkd__mono_ms() + 50;
+			return;
+		}
+		if (res < 0) {
+			j->fail_err = res;
+			set_msg(j->fail_msg, "rename into chunks/: %s", strerror(-res));
+			start_cancel(e, j);
+			return;
+		}
+		j->tmpname[0] = '\0'; /* nothing left in staging */
+		j->state = J_PARENTSYNC;
+		job_step(e, j);
+		break;
+	case J_PARENTSYNC:
+		if (res < 0)
+			log_error("chunk slot %u: fsync of its dataset dir: %s", j->slot,
+				  strerror(-res));
+		job_published(e, j);
+		break;
+	default:
+		break;
+	}
+}
+
+/* Abandon a download (deleted, or failed for good): stop sources, wait for every op. */
+static void start_cancel(struct engine *e, struct job *j)
+{
+	enum job_state was = j->state;
+	if (was == J_CANCEL)
+		return;
+	j->state = J_CANCEL;
+	if (was == J_QUEUED) {
+		queue_remove(e, j);
+		job_fail_or_cancel_done(e, j);
+		return;
+	}
+	for (uint32_t i = 0; j->x && i < j->dl->nfiles; i++) {
+		struct xfer *x = &j->x[i];
+		if (x->state == X_RUNNING && !x->finished) {
+			if (x->src)
+				x->src->cancel(e, x);
+			x->finished = 1;
+			e->running_xfers--;
+			x->state = X_IDLE;
+			if (x->cur) {
+				buf_put(e, x->cur);
+				x->cur = NULL;
+			}
+		}
+	}
+	job_fail_or_cancel_done(e, j);
+}
+
+/* Finish a cancellation once no op of the job is in flight. */
+static void job_fail_or_cancel_done(struct engine *e, struct job *j)
+{
+	if (j->inflight)
+		return;
+	uint32_t slot = j->slot;
+	if (j->tmpname[0]) {
+		int r = chunkd__rm_tree_at(e->staging_fd, j->tmpname);
+		if (r < 0)
+			log_warn("chunk slot %u: removing staging/%s: %s", slot, j->tmpname,
+				 strerror(-r));
+		j->tmpname[0] = '\0';
+	}
+	if (j->dirfd >= 0) {
+		close(j->dirfd);
+		j->dirfd = -1;
+	}
+	xfers_free(j);
+	job_unrun(e, j);
+	if (j->want_present && j->fail_err) {
+		/* Failed for good: keep the slot in FAILED with the error. */
+		j->desc.last_error = j->fail_err;
+		j->desc.http_status = (int32_t)j->fail_http;
+		snprintf(j->desc.message, sizeof(j->desc.message), "%s", j->fail_msg);
+		slot_sync(e, j);
+		dsv_remove(e, j->dl->dataset, j->dl->first_block, slot);
+		/* A failed chunk's range stays reserved only while it is wanted: keep it. */
+		dsv_add(e, j->dl->dataset, j->dl->first_block, j->dl->end_block, slot);
+		chunkd__catalog_set_state(e->cat, slot, CHUNKD_SLOT_FAILED);
+		log_warn("chunk slot %u failed: %s", slot, j->fail_msg);
+		post_waiters(e, j, j->fail_err);
+		job_free(e, j);
+		return;
+	}
+	if (j->want_present) {
+		/* Cancelled and then wanted again: start over with the same slot. */
+		j->state = J_QUEUED;
+		j->fail_err = 0;
+		j->files_done = 0;
+		j->desc.bytes_done = j->desc.bytes_total = 0;
+		j->desc.attempts = 0;
+		chunkd__catalog_set_state(e->cat, slot, CHUNKD_SLOT_QUEUED);
+		queue_push(e, j);
+		return;
+	}
+	post_waiters(e, j, -ECANCELED);
+	job_free(e, j);
+	slot_free(e, slot);
+}
+
+/* ---- removal of deleted chunks ------------------------------------------------------------ */
+
+static int u64_cmp(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+	return x < y ? -1 : x > y;
+}
+
+/* Every pin word held by an attached client, sorted. seq_cst loads: they follow our CONDEMNED
+ * stores (docs/shm-layout.md, pin protocol). */
+static uint64_t *pins_snapshot(struct engine *e, size_t *n)
+{
+	size_t cap = 0, k = 0;
+	uint64_t *v = NULL;
+	for (uint32_t c = 0; c < e->nclients; c++) {
+		struct chunkd_req_client *cl = chunkd__req_client(&e->in->req, c);
+		if (chunkd__load_seq_cst(&cl->ctl.owner) == 0)
+			continue;
+		for (uint32_t i = 0; i < CHUNKD_PINS_PER_CLIENT; i++) {
+			uint64_t w = chunkd__load_seq_cst(&cl->pins[i]);
+			if (!w)
+				continue;
+			if (k == cap) {
+				cap = cap ? cap * 2 : 256;
+				uint64_t *p = realloc(v, cap * sizeof(*v));
+				if (!p) {
+					free(v);
+					*n = SIZE_MAX; /* unknown: treat everything as pinned */
+					return NULL;
+				}
+				v = p;
+			}
+			v[k++] = w;
+		}
+	}
+	if (k)
+		qsort(v, k, sizeof(*v), u64_cmp);
+	*n = k;
+	return v;
+}
+
+static void start_trash(struct engine *e, struct job *j)
+{
+	char rel[CHUNKD_META_REL_PATH_LEN + 1], id[65];
+	size_t dl = strlen(e->in->data_dir) + strlen("/chunks/");
+	snprintf(rel, sizeof(rel), "%s", j->desc.path + dl);
+	chunkd__hex_encode((const uint8_t *)j->desc.id, 32, id);
+	snprintf(j->tmpname, sizeof(j->tmpname), "%s.%llu", id, (unsigned long long)++e->seq);
+	j->state = J_TRASH;
+	job_run(e, j, RUN_DELETE);
+	struct io_uring_sqe *sqe;
+	job_submit_op(e, j, &sqe);
+	io_uring_prep_renameat(sqe, e->chunks_fd, rel, e->trash_fd, j->tmpname, 0);
+	io_uring_submit(&e->l->ring); /* rel lives on this stack frame */
+}
+
+/* Start removing condemned chunks that no pin holds any more. */
+static void check_condemned(struct engine *e)
+{
+	if (!e->pins_dirty || !e->condemned)
+		return;
+	e->pins_dirty = 0;
+	size_t n;
+	uint64_t *pins = pins_snapshot(e, &n);
+	if (n == SIZE_MAX) {
+		e->pins_dirty = 1;
+		return;
+	}
+	struct job **pp = &e->condemned;
+	while (*pp) {
+		struct job *j = *pp;
+		uint64_t w = CHUNKD_PIN_WORD(j->slot, e->cat->sp[j->slot].gen);
+		if (n && bsearch(&w, pins, n, sizeof(*pins), u64_cmp)) {
+			pp = &j->next;
+			continue;
+		}
+		*pp = j->next;
+		j->next = NULL;
+		start_trash(e, j);
+	}
+	free(pins);
+}
+
+static void condemned_add(struct engine *e, struct job *j)
+{
+	j->next = e->condemned;
+	e->condemned = j;
+	e->pins_dirty = 1;
+}
+
+static void condemned_remove(struct engine *e, struct job *j)
+{
+	struct job **pp = &e->condemned;
+	while (*pp && *pp != j)
+		pp = &(*pp)->next;
+	if (*pp)
+		*pp = j->next;
+	j->next = NULL;
+}
+
+/* The chunk's directory is gone: free the slot, and download again if that was asked for. */
+static void removal_done(struct engine *e, struct job *j)
+{
+	uint32_t slot = j->slot;
+	struct chunkd_dl *dl = j->want_present ? j->dl : NULL;
+	struct waiter *ws = j->waiters;
+	uint32_t nws = j->nwaiters;
+	j->dl = NULL;
+	j->waiters = NULL;
+	j->nwaiters = 0;
+	log_info("removed chunk slot %u: %s", slot, j->desc.path);
+	job_free(e, j);
+	slot_free(e, slot);
+	if (dl) {
+		int r = new_download(e, dl, ws, nws);
+		if (r < 0)
+			for (uint32_t i = 0; i < nws; i++)
+				post(e, ws[i].client, ws[i].owner, ws[i].ticket, r);
+	}
+	free(dl);
+	free(ws);
+}
+
+static void unlink_files(struct engine *e, struct job *j)
+{
+	j->state = J_UNLINK;
+	j->dirfd = openat(e->trash_fd, j->tmpname, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	DIR *d = j->dirfd >= 0 ? fdopendir(dup(j->dirfd)) : NULL;
+	struct io_uring_sqe *sqe;
+	if (d) {
+		/* Names must stay valid until submission: keep them in one buffer. */
+		size_t cap = 4096, len = 0;
+		char *names = malloc(cap);
+		struct dirent *de;
+		while (names && (de = readdir(d))) {
+			if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
+				continue;
+			size_t n = strlen(de->d_name) + 1;
+			if (len + n > cap) {
+				char *p = realloc(names, cap * 2 + n);
+				if (!p)
+					break;
+				names = p;
+				cap = cap * 2 + n;
+			}
+			memcpy(names + len, de->d_name, n);
+			len += n;
+		}
+		closedir(d);
+		for (size_t off = 0; names && off < len; off += strlen(names + off) + 1) {
+			job_submit_op(e, j, &sqe);
+			io_uring_prep_unlinkat(sqe, j->dirfd, names + off, 0);
+		}
+		io_uring_submit(&e->l->ring);
+		free(names);
+	}
+	if (j->inflight == 0) {
+		job_submit_op(e, j, &sqe);
+		io_uring_prep_unlinkat(sqe, e->trash_fd, j->tmpname, AT_REMOVEDIR);
+		io_uring_submit(&e->l->ring);
+		j->tmpname[0] = '\0';
+	}
+}
+
+static void on_removal_op(struct engine *e, struct job *j, int res)
+{
+	if (j->state == J_TRASH) {
+		if (res < 0) {
+			log_error("chunk slot %u: moving %s to trash: %s", j->slot, j->desc.path,
+				  strerror(-res));
+			if (res != -ENOENT) {
+				/* Leave it in place and unfindable; a restart retries. */
+				job_unrun(e, j);
+				return;
+			}
+			removal_done(e, j);
+			return;
+		}
+		unlink_files(e, j);
+		return;
+	}
+	/* J_UNLINK: file unlinks, then the directory itself. */
+	if (res < 0 && res != -ENOENT)
+		log_warn("chunk slot %u: unlink in trash: %s", j->slot, strerror(-res));
+	if (j->inflight)
+		return;
+	if (j->tmpname[0]) {
+		struct io_uring_sqe *sqe;
+		if (j->dirfd >= 0) {
+			close(j->dirfd);
+			j->dirfd = -1;
+		}
+		job_submit_op(e, j, &sqe);
+		io_uring_prep_unlinkat(sqe, e->trash_fd, j->tmpname, AT_REMOVEDIR);
+		io_uring_submit(&e->l->ring);
+		j->tmpname[0] = '\0';
+		return;
+	}
+	removal_done(e, j);
+}
+
+/* ---- driving ------------------------------------------------------------------------------ */
+
+static void start_job(struct engine *e, struct job *j)
+{
+	char id[65];
+	chunkd__hex_encode((const uint8_t *)j->dl->id, 32, id);
+	snprintf(j->tmpname, sizeof(j->tmpname), "%s.%llu", id, (unsigned long long)++e->seq);
+	j->x = calloc(j->dl->nfiles, sizeof(*j->x));
+	if (!j->x) {
+		queue_push(e, j); /* try again later */
+		return;
+	}
+	for (uint32_t i = 0; i < j->dl->nfiles; i++) {
+		j->x[i].eng = e;
+		j->x[i].job = j;
+		j->x[i].idx = i;
+		j->x[i].fd = -1;
+		j->x[i].src_fd = -1;
+		j->x[i].state = X_IDLE;
+	}
+	j->files_done = 0;
+	j->state = J_MKDIR;
+	job_run(e, j, RUN_DOWNLOAD);
+	job_step(e, j);
+}
+
+uint64_t chunkd__engine_run(struct engine *e)
+{
+	uint64_t now = chunkd__mono_ms(), deadline = UINT64_MAX;
+	if (e->more_intake) {
+		chunkd__engine_intake(e);
+		if (e->more_intake)
+			deadline = now;
+	}
+	check_condemned(e);
+	/* Deletes of undesired data go first: no new download starts while a removal runs. */
+	while (!e->quiescing && e->deleting == 0 && e->queue_head &&
+	       e->running_jobs < e->cfg.chunks_in_flight) {
+		struct job *j = e->queue_head;
+		e->queue_head = j->next;
+		if (!e->queue_head)
+			e->queue_tail = NULL;
+		j->next = NULL;
+		start_job(e, j);
+	}
+	for (struct job *j = e->run_list, *next; j; j = next) {
+		next = j->next_run;
+		if (j->state == J_RENAME && j->retry_at) {
+			if (j->retry_at <= now) {
+				j->retry_at = 0;
+				job_step(e, j);
+			} else if (j->retry_at < deadline) {
+				deadline = j->retry_at;
+			}
+			continue;
+		}
+		if (j->state != J_RUNNING)
+			continue;
+		int progressed = 0;
+		for (uint32_t i = 0; i < j->dl->nfiles && j->state == J_RUNNING; i++) {
+			struct xfer *x = &j->x[i];
+			if (x->state == X_RETRY && x->retry_at > now) {
+				if (x->retry_at < deadline)
+					deadline = x->retry_at;
+				continue;
+			}
+			if ((x->state == X_IDLE || x->state == X_RETRY) && !e->quiescing &&
+			    e->running_xfers < e->cfg.transfers)
+				xfer_start(e, x);
+			if (x->state == X_RUNNING)
+				progressed = 1;
+		}
+		if (progressed && j->state == J_RUNNING)
+			slot_sync(e, j); /* progress for chunkd_status and chunkd-dump */
+	}
+	uint64_t h = chunkd__http_run(e);
+	if (h < deadline)
+		deadline = h;
+	return deadline;
+}
+
+void chunkd__engine_flush(struct engine *e)
+{
+	/* Publish first: a result says "findable" or "unfindable" only once the index does. */
+	chunkd__catalog_flush(e->cat);
+	for (uint32_t i = 0; i < e->nposts; i++) {
+		struct post *p = &e->posts[i];
+		if (p->owner == 0 || p->client >= e->nclients)
+			continue;
+		struct chunkd_req_client *cl = chunkd__req_client(&e->in->req, p->client);
+		uint64_t owner = chunkd__load_acquire(&cl->ctl.owner) & ~CHUNKD_OWNER_CLOSED;
+		if (owner != p->owner)
+			continue; /* that client is gone; its slot may belong to another now */
+		struct chunkd_ticket_slot *t = &cl->tickets[p->ticket % CHUNKD_TICKETS];
+		chunkd__store_relaxed(&t->result, p->result);
+		/* Pairs with the client's acquire load of done in chunkd_wait. */
+		chunkd__store_release(&t->done, p->ticket);
+		e->woken[p->client] = 1;
+	}
+	e->nposts = 0;
+	for (uint32_t c = 0; c < e->nclients; c++) {
+		if (!e->woken[c])
+			continue;
+		e->woken[c] = 0;
+		struct chunkd_req_client *cl = chunkd__req_client(&e->in->req, c);
+		/* Pairs with the client's acquire load of cq_seq before it checks its ticket. */
+		chunkd__fetch_add(&cl->d.cq_seq, 1, __ATOMIC_RELEASE);
+		syscall(SYS_futex, &cl->d.cq_seq, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
+	}
+}
+
+int chunkd__engine_quiesce(struct engine *e)
+{
+	if (!e->quiescing) {
+		e->quiescing = 1;
+		for (struct job *j = e->run_list, *next; j; j = next) {
+			next = j->next_run;
+			if (j->running == RUN_DOWNLOAD && j->state <= J_RUNNING)
+				start_cancel(e, j);
+		}
+	}
+	for (struct job *j = e->run_list; j; j = j->next_run)
+		if (j->inflight)
+			return 0;
+	return chunkd__http_idle(e);
+}
+
+int chunkd__engine_create(struct loop *l, const struct engine_config *cfg, struct engine **out)
+{
+	struct engine *e = calloc(1, sizeof(*e));
+	if (!e)
+		return -ENOMEM;
+	e->l = l;
+	e->cfg = *cfg;
+	e->cat = l->cat;
+	e->in = l->in;
+	e->nclients = l->in->req.geom.max_clients;
+	e->rng = (uint64_t)getpid() * 0x9E3779B97F4A7C15ull;
+	e->staging_fd = e->trash_fd = e->chunks_fd = -1;
+	int r = -ENOMEM;
+	uint32_t dscap = 1;
+	while (dscap < 2 * e->cat->cap)
+		dscap <<= 1;
+	e->dsmask = dscap - 1;
+	e->jobs = calloc(e->cat->cap, sizeof(*e->jobs));
+	e->woken = calloc(e->nclients, 1);
+	e->head = calloc(e->nclients, sizeof(*e->head));
+	e->rec = malloc(CHUNKD_REC_MAX);
+	e->dl_scratch = malloc(sizeof(*e->dl_scratch));
+	e->ds = calloc(dscap, sizeof(*e->ds));
+	e->bufs = calloc(cfg->buffers, sizeof(*e->bufs));
+	e->buf_mem = malloc((size_t)cfg->buffers * WBUF_SIZE);
+	if (!e->jobs || !e->woken || !e->head || !e->rec || !e->dl_scratch || !e->ds || !e->bufs ||
+	    !e->buf_mem)
+		goto err;
+	for (uint32_t i = 0; i < cfg->buffers; i++) {
+		e->bufs[i].data = e->buf_mem + (size_t)i * WBUF_SIZE;
+		buf_put(e, &e->bufs[i]);
+	}
+	/* The published chunks' ranges take part in the overlap check. */
+	for (uint32_t i = 0; i < e->cat->npub; i++) {
+		const struct chunkd_idx_entry *p = &e->cat->pub[i];
+		if (dsv_add(e, p->dataset, p->first, p->end, p->slot) < 0)
+			goto err;
+	}
+	/* Ring heads: the daemon starts where the rings stand (a fresh segment: 0). */
+	for (uint32_t c = 0; c < e->nclients; c++)
+		e->head[c] = chunkd__load_acquire(&chunkd__req_client(&e->in->req, c)->d.sq_head);
+	e->staging_fd = openat(e->in->data_fd, "staging", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	e->trash_fd = openat(e->in->data_fd, "trash", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	e->chunks_fd = openat(e->in->data_fd, "chunks", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (e->staging_fd < 0 || e->trash_fd < 0 || e->chunks_fd < 0) {
+		r = -errno;
+		goto err;
+	}
+	r = chunkd__http_init(e, cfg);
+	if (r < 0)
+		goto err;
+	*out = e;
+	return 0;
+err:
+	chunkd__engine_destroy(e);
+	return r;
+}
+
+void chunkd__engine_destroy(struct engine *e)
+{
+	if (!e)
+		return;
+	chunkd__http_cleanup(e);
+	for (uint32_t s = 0; e->jobs && s < e->cat->cap; s++)
+		if (e->jobs[s]) {
+			e->jobs[s]->inflight = 0;
+			e->jobs[s]->running = 0;
+			job_free(e, e->jobs[s]);
+		}
+	for (uint32_t i = 0; e->ds && i <= e->dsmask; i++)
+		free(e->ds[i].v);
+	if (e->staging_fd >= 0)
+		close(e->staging_fd);
+	if (e->trash_fd >= 0)
+		close(e->trash_fd);
+	if (e->chunks_fd >= 0)
+		close(e->chunks_fd);
+	free(e->jobs);
+	free(e->woken);
+	free(e->head);
+	free(e->rec);
+	free(e->dl_scratch);
+	free(e->ds);
+	free(e->bufs);
+	free(e->buf_mem);
+	free(e->posts);
+	free(e);
+}
