@@ -209,7 +209,7 @@ static void on_doorbell(struct loop *l, struct op *op, int res, uint32_t flags)
 	arm_poll(l, &d->bell.op, d->bell.fd);
 }
 
-int chunkd__loop_run(struct instance *in, struct catalog *cat)
+int chunkd__loop_run(struct instance *in, struct catalog *cat, const struct engine_config *cfg)
 {
 	struct daemon_loop *d = calloc(1, sizeof(*d));
 	if (!d)
@@ -242,9 +242,7 @@ int chunkd__loop_run(struct instance *in, struct catalog *cat)
 		log_error("io_uring_queue_init: %s", strerror(-r));
 		goto err_fds;
 	}
-	struct engine_config cfg;
-	chunkd__engine_default_config(&cfg);
-	r = chunkd__engine_create(l, &cfg, &l->eng);
+	r = chunkd__engine_create(l, cfg, &l->eng);
 	if (r < 0) {
 		log_error("cannot create the engine: %s", strerror(-r));
 		goto err_ring;

@@ -42,7 +42,8 @@ struct io_uring_sqe *chunkd__loop_sqe(struct loop *l, struct op *op);
 
 /* Run until SIGTERM or SIGINT. The caller has blocked those signals in every thread.
  * Returns 0, or a negative errno if the loop could not be set up. */
-int chunkd__loop_run(struct instance *in, struct catalog *cat);
+struct engine_config;
+int chunkd__loop_run(struct instance *in, struct catalog *cat, const struct engine_config *cfg);
 
 /* Monotonic clock in milliseconds. */
 uint64_t chunkd__mono_ms(void);

@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "catalog.h"
+#include "engine.h"
 #include "instance.h"
 #include "log.h"
 #include "loop.h"
@@ -29,6 +30,17 @@ static const char usage[] =
 	"      --max-chunks N       catalogue capacity (default 65536)\n"
 	"      --max-clients N      client slots (default 64)\n"
 	"      --scan-threads N     threads for the start-up scan (default: 2 x online CPUs)\n"
+	"\n"
+	"Download policy:\n"
+	"      --chunks-in-flight N chunks downloading at once (default 4)\n"
+	"      --transfers N        file transfers at once (default 16)\n"
+	"      --connect-timeout MS connect timeout (default 10000)\n"
+	"      --stall-timeout MS   abort a transfer below 1 KiB/s for this long (default 30000)\n"
+	"      --attempts N         attempts per file before the chunk fails (default 5)\n"
+	"      --backoff MS         first retry delay, doubled per attempt, with jitter (100)\n"
+	"      --backoff-max MS     cap of the retry delay (default 10000)\n"
+	"      --buffers N          256 KiB write buffers (default 64)\n"
+	"\n"
 	"  -l, --log-level LEVEL    error, warn, info (default) or debug\n"
 	"  -h, --help               show this help and exit\n"
 	"  -V, --version            show the version and exit\n"
@@ -60,6 +72,14 @@ int main(int argc, char **argv)
 		{"max-clients", required_argument, NULL, 'K'},
 		{"scan-threads", required_argument, NULL, 'T'},
 		{"log-level", required_argument, NULL, 'l'},
+		{"chunks-in-flight", required_argument, NULL, 1001},
+		{"transfers", required_argument, NULL, 1002},
+		{"connect-timeout", required_argument, NULL, 1003},
+		{"stall-timeout", required_argument, NULL, 1004},
+		{"attempts", required_argument, NULL, 1005},
+		{"backoff", required_argument, NULL, 1006},
+		{"backoff-max", required_argument, NULL, 1007},
+		{"buffers", required_argument, NULL, 1008},
 		{"help", no_argument, NULL, 'h'},
 		{"version", no_argument, NULL, 'V'},
 		{NULL, 0, NULL, 0},
@@ -68,9 +88,47 @@ int main(int argc, char **argv)
 	uint32_t max_chunks = CHUNKD_DEFAULT_MAX_CHUNKS, max_clients = CHUNKD_DEFAULT_MAX_CLIENTS;
 	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
 	uint32_t scan_threads = ncpu > 0 ? (uint32_t)(2 * ncpu) : 2;
-	int c;
-	while ((c = getopt_long(argc, argv, "d:n:l:hV", opts, NULL)) != -1) {
+	struct engine_config cfg;
+	chunkd__engine_default_config(&cfg);
+	int c, lidx;
+	while ((c = getopt_long(argc, argv, "d:n:l:hV", opts, &lidx)) != -1) {
+		uint32_t *target = NULL, lo = 1, hi = 1000000;
 		switch (c) {
+		case 1001:
+			target = &cfg.chunks_in_flight;
+			hi = 1024;
+			break;
+		case 1002:
+			target = &cfg.transfers;
+			hi = 4096;
+			break;
+		case 1003:
+			target = &cfg.connect_timeout_ms;
+			lo = 100;
+			hi = 600000;
+			break;
+		case 1004:
+			target = &cfg.stall_timeout_ms;
+			lo = 1000;
+			hi = 3600000;
+			break;
+		case 1005:
+			target = &cfg.attempts;
+			hi = 1000;
+			break;
+		case 1006:
+			target = &cfg.backoff_ms;
+			hi = 3600000;
+			break;
+		case 1007:
+			target = &cfg.backoff_max_ms;
+			hi = 3600000;
+			break;
+		case 1008:
+			target = &cfg.buffers;
+			lo = 2;
+			hi = 65536;
+			break;
 		case 'd':
 			data_dir = optarg;
 			break;
@@ -109,7 +167,15 @@ int main(int argc, char **argv)
 			fputs("Try 'chunkd --help'.\n", stderr);
 			return 2;
 		}
+		if (target) {
+			char opt[64];
+			snprintf(opt, sizeof(opt), "--%s", opts[lidx].name);
+			if (parse_u32(opt, optarg, lo, hi, target))
+				return 2;
+		}
 	}
+	if (cfg.backoff_max_ms < cfg.backoff_ms)
+		cfg.backoff_max_ms = cfg.backoff_ms;
 	if (optind < argc) {
 		fprintf(stderr, "chunkd: unexpected argument '%s'\nTry 'chunkd --help'.\n",
 			argv[optind]);
@@ -155,7 +221,7 @@ int main(int argc, char **argv)
 		 in.name, in.data_dir, st.published, st.datasets, (double)st.bytes / 1e9, st.skipped,
 		 st.overlaps, st.purged, ms);
 
-	int r = chunkd__loop_run(&in, &cat);
+	int r = chunkd__loop_run(&in, &cat, &cfg);
 	chunkd__catalog_free_all(&cat);
 	chunkd__instance_close(&in);
 	log_info("stopped");
