@@ -49,6 +49,7 @@ struct daemon_loop {
 	struct loop l;
 	struct fdpoll sig, bell;
 	uint32_t waker_stop; /* atomic */
+	uint32_t bell_seen;  /* the doorbell value the first sync_clients() accounts for */
 	struct watch **w;    /* per client slot, NULL = not watched */
 	uint32_t nclients;   /* private copy of the geometry: never re-read from shared memory */
 };
@@ -75,8 +76,9 @@ static void *waker_main(void *arg)
 {
 	struct daemon_loop *d = arg;
 	uint32_t *bell = &d->l.in->req.hdr->doorbell;
-	/* Pairs with the release increment in chunkd__doorbell_ring. */
-	uint32_t seen = chunkd__load_acquire(bell);
+	/* Read before the loop's first scan of the clients (see chunkd__loop_run): every ring
+	 * after that scan started changes the word from this value and is seen. */
+	uint32_t seen = d->bell_seen;
 	while (!chunkd__load_acquire(&d->waker_stop)) {
 		struct timespec ts = {.tv_sec = WAKER_TIMEOUT_S};
 		syscall(SYS_futex, bell, FUTEX_WAIT, seen, &ts, NULL, 0);
@@ -247,6 +249,11 @@ int chunkd__loop_run(struct instance *in, struct catalog *cat, const struct engi
 		log_error("cannot create the engine: %s", strerror(-r));
 		goto err_ring;
 	}
+	/* Snapshot the doorbell before the first sync_clients(): a client that attaches or closes
+	 * after this load rings it, and the waker, starting from this value, reports that. Reading
+	 * it in the waker instead would lose rings that land before the thread runs. Pairs with the
+	 * release increment in chunkd__doorbell_ring. */
+	d->bell_seen = chunkd__load_acquire(&in->req.hdr->doorbell);
 	pthread_t waker;
 	r = -pthread_create(&waker, NULL, waker_main, d);
 	if (r < 0) {
