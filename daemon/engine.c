@@ -80,6 +80,8 @@ struct job {
 	uint32_t unlink_pending;
 	int trash_fd;
 	int running;          /* 0, or RUN_*: counted and linked in the run list */
+	enum job_state was;   /* the step a cancellation interrupted */
+	int in_chunks;        /* a cancelled download had already been renamed into chunks/ */
 	uint64_t retry_at;    /* J_RENAME waiting for an old incarnation to go */
 	struct job *next;     /* queue link */
 	struct job *next_run; /* run list link */
@@ -586,7 +588,17 @@ static void on_download(struct engine *e, const struct chunkd_dl *dl, uint32_t c
 		return;
 	}
 	if (!j->want_present) {
-		/* Being cancelled or removed: download it again once that is done. */
+		/* Being cancelled or removed: download it again once that is done. A cancelled
+		 * download keeps its slot, so its range is reserved again now; a removal frees
+		 * the slot and new_download() reserves it then. */
+		if (j->state == J_CANCEL) {
+			if (dsv_overlaps(e, dl->dataset, dl->first_block, dl->end_block) ||
+			    dsv_add(e, dl->dataset, dl->first_block, dl->end_block,
+				    (uint32_t)slot) < 0) {
+				post(e, client, owner, dl->ticket, -EEXIST);
+				return;
+			}
+		}
 		j->want_present = 1;
 		free(j->dl);
 		j->dl = dl_dup(dl);
@@ -1178,6 +1190,8 @@ static void on_job_op(struct loop *l, struct op *op, int res, uint32_t flags)
 	struct engine *e = l->eng;
 	j->inflight--;
 	if (j->state == J_CANCEL) {
+		if (j->was == J_RENAME && res == 0)
+			j->in_chunks = 1; /* the rename won the race with the cancellation */
 		job_fail_or_cancel_done(e, j);
 		return;
 	}
@@ -1266,6 +1280,9 @@ static void start_cancel(struct engine *e, struct job *j)
 	if (was == J_CANCEL)
 		return;
 	j->state = J_CANCEL;
+	j->was = was;
+	if (was == J_PARENTSYNC)
+		j->in_chunks = 1; /* renamed, not yet published: remove it from chunks/ */
 	if (was == J_QUEUED) {
 		queue_remove(e, j);
 		job_fail_or_cancel_done(e, j);
@@ -1301,6 +1318,15 @@ static void job_fail_or_cancel_done(struct engine *e, struct job *j)
 				 strerror(-r));
 		j->tmpname[0] = '\0';
 	}
+	if (j->in_chunks) {
+		char rel[CHUNKD_META_REL_PATH_LEN + 1];
+		make_rel_path(j->dl, rel, sizeof(rel));
+		int r = chunkd__rm_tree_at(e->chunks_fd, rel);
+		if (r < 0)
+			log_warn("chunk slot %u: removing unpublished chunks/%s: %s", slot, rel,
+				 strerror(-r));
+		j->in_chunks = 0;
+	}
 	if (j->dirfd >= 0) {
 		close(j->dirfd);
 		j->dirfd = -1;
@@ -1313,9 +1339,7 @@ static void job_fail_or_cancel_done(struct engine *e, struct job *j)
 		j->desc.http_status = (int32_t)j->fail_http;
 		snprintf(j->desc.message, sizeof(j->desc.message), "%s", j->fail_msg);
 		slot_sync(e, j);
-		dsv_remove(e, j->dl->dataset, j->dl->first_block, slot);
-		/* A failed chunk's range stays reserved only while it is wanted: keep it. */
-		dsv_add(e, j->dl->dataset, j->dl->first_block, j->dl->end_block, slot);
+		/* The chunk is still wanted, so its range stays reserved (until a delete). */
 		chunkd__catalog_set_state(e->cat, slot, CHUNKD_SLOT_FAILED);
 		log_warn("chunk slot %u failed: %s", slot, j->fail_msg);
 		post_waiters(e, j, j->fail_err);
