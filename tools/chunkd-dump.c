@@ -185,6 +185,9 @@ struct client_row {
 	uint64_t attach_ns;
 	uint32_t held;
 	int alive;
+	uint64_t ring_used; /* bytes enqueued and not yet taken by the daemon */
+	uint32_t rejected;  /* records the daemon refused */
+	uint32_t cq_seq;    /* completion wake-ups posted */
 };
 
 struct dump {
@@ -294,6 +297,12 @@ static int read_clients(struct dump *d)
 		r->owner = owner;
 		r->attach_ns = chunkd__load_relaxed(&cl->ctl.attach_ns);
 		r->held = chunkd__pins_held(cl);
+		/* Informational, like the owner: tail and head are read without ordering. */
+		uint64_t tail = chunkd__load_relaxed(&cl->ctl.sq_tail);
+		uint64_t head = chunkd__load_relaxed(&cl->d.sq_head);
+		r->ring_used = tail >= head ? tail - head : 0;
+		r->rejected = chunkd__load_relaxed(&cl->d.rejected);
+		r->cq_seq = chunkd__load_relaxed(&cl->d.cq_seq);
 		r->alive = owner != CHUNKD_OWNER_RECLAIM &&
 			   chunkd__owner_alive(owner & ~CHUNKD_OWNER_CLOSED);
 		for (uint32_t p = 0; p < CHUNKD_PINS_PER_CLIENT; p++) {
@@ -543,8 +552,9 @@ static uint32_t walk_slots(struct dump *d, int emit)
 	if (emit && json)
 		printf(",\"chunks\":[");
 	if (emit && !json)
-		printf("\n%7s %-11s %5s %-12s %-64s %12s %12s %6s %12s %5s\n", "SLOT", "STATE",
-		       "GEN", "DATASET", "ID", "FIRST", "END", "NFILES", "BYTES", "PINS");
+		printf("\n%7s %-11s %5s %-12s %-64s %12s %12s %6s %12s %12s %5s\n", "SLOT",
+		       "STATE", "GEN", "DATASET", "ID", "FIRST", "END", "NFILES", "DONE", "BYTES",
+		       "PINS");
 	for (uint32_t i = 0; i < m->geom.max_chunks; i++) {
 		uint64_t off = m->geom.slots_off + (uint64_t)i * sizeof(struct chunkd_slot);
 		if (!datamap_has(&d->cat_data, off, sizeof(struct chunkd_slot)))
@@ -604,10 +614,11 @@ static uint32_t walk_slots(struct dump *d, int emit)
 			printf("}");
 		} else {
 			ds[12] = '\0'; /* like a short git hash: the table stays readable */
-			printf("%7u %-11s %5u %-12s %-64s %12llu %12llu %6u %12llu %5s\n", i,
+			printf("%7u %-11s %5u %-12s %-64s %12llu %12llu %6u %12llu %12llu %5s\n", i,
 			       slot_state_name(state), gen, ds, id,
 			       (unsigned long long)c.first_block, (unsigned long long)c.end_block,
-			       c.nfiles, (unsigned long long)c.bytes_total, pins);
+			       c.nfiles, (unsigned long long)c.bytes_done,
+			       (unsigned long long)c.bytes_total, pins);
 			/* The last failure, if any, on its own line: it does not fit a column. */
 			if (c.message[0] || c.http_status || c.last_error)
 				printf("%7s last failure: %s (error %d, HTTP %d, %u attempts)\n",
@@ -631,7 +642,8 @@ static void print_clients(const struct dump *d)
 	if (json)
 		printf(",\"clients\":[");
 	else
-		printf("\n%6s %8s %-5s %-24s %6s\n", "CLIENT", "PID", "ALIVE", "ATTACHED", "PINS");
+		printf("\n%6s %8s %-5s %-24s %6s %12s %8s\n", "CLIENT", "PID", "ALIVE", "ATTACHED",
+		       "PINS", "RING", "REJECTED");
 	for (uint32_t k = 0; k < d->nclients; k++) {
 		const struct client_row *r = &d->clients[k];
 		int reclaim = r->owner == CHUNKD_OWNER_RECLAIM;
@@ -641,19 +653,26 @@ static void print_clients(const struct dump *d)
 		if (json) {
 			printf("%s{\"slot\":%u,\"pid\":%d,\"alive\":%s,\"closed\":%s,"
 			       "\"reclaiming\":%s,\"owner\":\"0x%016llx\",\"attach_time\":\"%s\","
-			       "\"attach_ns\":%llu,\"pins\":%u}",
+			       "\"attach_ns\":%llu,\"pins\":%u,\"ring_used\":%llu,"
+			       "\"ring_size\":%u,\"rejected\":%u,\"completions\":%u}",
 			       k ? "," : "", r->index,
 			       reclaim ? 0 : (int)CHUNKD_OWNER_PID(r->owner),
 			       r->alive ? "true" : "false", closed ? "true" : "false",
 			       reclaim ? "true" : "false", (unsigned long long)r->owner, at,
-			       (unsigned long long)r->attach_ns, r->held);
+			       (unsigned long long)r->attach_ns, r->held,
+			       (unsigned long long)r->ring_used, CHUNKD_SQ_BYTES, r->rejected,
+			       r->cq_seq);
 		} else if (reclaim) {
 			printf("%6u %8s %-5s %-24s %6u (the daemon is reclaiming this slot)\n",
 			       r->index, "-", "no", at, r->held);
 		} else {
-			printf("%6u %8d %-5s %-24s %6u%s\n", r->index,
+			char ring[32];
+			snprintf(ring, sizeof(ring), "%llu/%uK", (unsigned long long)r->ring_used,
+				 CHUNKD_SQ_BYTES / 1024);
+			printf("%6u %8d %-5s %-24s %6u %12s %8u%s\n", r->index,
 			       (int)CHUNKD_OWNER_PID(r->owner), r->alive ? "yes" : "no", at,
-			       r->held, closed ? " (closed; the daemon frees the slot)" : "");
+			       r->held, ring, r->rejected,
+			       closed ? " (closed; the daemon frees the slot)" : "");
 		}
 	}
 	if (json)

@@ -185,7 +185,8 @@ def check_catalogue(ctx, obj, manifest, state, alive):
 
 # A worker process: pins one chunk twice through libchunkd (ctypes) and says "pinned ID"; at the
 # next line on stdin releases both pins and closes the handle and says "closed"; at the next line
-# exits. argv: LIB NAME DATASET_HEX BLOCK.
+# exits. argv: LIB NAME DATASET_HEX BLOCK [enqueue]; with "enqueue" it also enqueues a delete of
+# an unknown chunk id (a no-op for a daemon) before saying "pinned".
 CLIENT = r"""
 import ctypes, sys
 lib = ctypes.CDLL(sys.argv[1])
@@ -208,6 +209,11 @@ for ref in refs:
     r = lib.chunkd_find(c, bytes.fromhex(sys.argv[3]), int(sys.argv[4]), ctypes.byref(ref))
     if r:
         print("error chunkd_find %d" % r, flush=True); sys.exit(1)
+if len(sys.argv) > 5:
+    lib.chunkd_delete.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p]
+    r = lib.chunkd_delete(c, b"\xee" * 32, None)
+    if r:
+        print("error chunkd_delete %d" % r, flush=True); sys.exit(1)
 print("pinned %s" % bytes(refs[0].id).hex(), flush=True)
 sys.stdin.readline()
 for ref in refs:
@@ -239,11 +245,12 @@ def client_env(lib):
 class Worker:
     """The CLIENT script in a child process, driven line by line with a deadline."""
 
-    def __init__(self, ctx, target):
+    def __init__(self, ctx, target, enqueue=False):
         check(os.path.exists(ctx.lib), "libchunkd not built: %s" % ctx.lib)
         self.deadline = time.monotonic() + DEADLINE_S
         self.proc = subprocess.Popen([sys.executable, "-c", CLIENT, ctx.lib, ctx.name,
-                                      target["dataset"], str(target["first"])],
+                                      target["dataset"], str(target["first"])] +
+                                     (["enqueue"] if enqueue else []),
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                                      env=client_env(ctx.lib), preexec_fn=die_with_parent)
         ctx.children.append(self.proc)
@@ -323,8 +330,13 @@ def check_pins_stopped(ctx, manifest):
     """With the daemon stopped, nobody frees a closed entry: the dump must show it closed,
     alive while the worker runs and not alive once it has exited."""
     target = manifest["chunks"][11]
-    w = Worker(ctx, target)
+    w = Worker(ctx, target, enqueue=True)
     check_pinned(ctx, target, w)
+    # With no daemon to take it, the worker's delete record (48 bytes) stays in its ring.
+    eq([(c["ring_used"], c["ring_size"], c["rejected"]) for c in entries_of(ctx.dump_json(), w.pid)],
+       [(48, 1 << 20, 0)], "ring usage of a client whose request no daemon has taken")
+    rc, out, _ = ctx.dump("--name", ctx.name, "--clients")
+    check(rc == 0 and "48/1024K" in out, "text shows the ring usage", out)
     w.release_and_close()
     obj = ctx.dump_json()
     eq(sum(c["pins"] for c in obj["chunks"]), 0, "no pins after release")
