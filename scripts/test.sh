@@ -92,7 +92,8 @@ fi
 runner=()
 case $kind in
 asan)
-	export ASAN_OPTIONS="detect_leaks=1:abort_on_error=1:halt_on_error=1:strict_string_checks=1${ASAN_OPTIONS:+:$ASAN_OPTIONS}"
+	asan_opts="detect_leaks=1:abort_on_error=1:halt_on_error=1:strict_string_checks=1"
+	export ASAN_OPTIONS="$asan_opts${ASAN_OPTIONS:+:$ASAN_OPTIONS}"
 	export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1${UBSAN_OPTIONS:+:$UBSAN_OPTIONS}"
 	;;
 tsan)
@@ -113,7 +114,11 @@ probe() { # probe -> 0 if the sanitizer works, with the reason of a failure in $
 		#include <pthread.h>
 		#include <stdlib.h>
 		static int shared;
-		static void *run(void *arg) { __atomic_fetch_add(&shared, 1, __ATOMIC_RELAXED); return arg; }
+		static void *run(void *arg)
+		{
+			__atomic_fetch_add(&shared, 1, __ATOMIC_RELAXED);
+			return arg;
+		}
 		int main(void)
 		{
 			pthread_t t;
@@ -131,15 +136,15 @@ probe() { # probe -> 0 if the sanitizer works, with the reason of a failure in $
 if [ $kind != plain ] && ! probe; then
 	if [ $kind = tsan ] && grep -q "unexpected memory mapping" "$probe_dir/out" &&
 		runner=(setarch "$(uname -m)" -R) && probe; then
-		echo "test.sh: TSan needs ASLR off on this kernel (vm.mmap_rnd_bits =" \
-			"$(cat /proc/sys/vm/mmap_rnd_bits 2>/dev/null || echo '?')): running ctest" \
-			"under ${runner[*]}"
+		bits=$(cat /proc/sys/vm/mmap_rnd_bits 2>/dev/null || echo '?')
+		echo "test.sh: TSan needs ASLR off on this kernel (vm.mmap_rnd_bits = $bits):" \
+			"running ctest under ${runner[*]}"
 	elif [ $kind = asan ] && grep -q "LeakSanitizer has encountered a fatal error" \
 		"$probe_dir/out" && ASAN_OPTIONS="$ASAN_OPTIONS:detect_leaks=0" probe; then
 		echo "test.sh: LeakSanitizer cannot run here (no ptrace): leak checks are off" >&2
 		export ASAN_OPTIONS="$ASAN_OPTIONS:detect_leaks=0"
 	else
-		echo "test.sh: a program built with -fsanitize=$sanitize cannot run on this machine:" >&2
+		echo "test.sh: a program built with -fsanitize=$sanitize cannot run here:" >&2
 		sed 's/^/    /' "$probe_dir/out" | head -20 >&2
 		if [ $kind = tsan ]; then
 			summary "SKIPPED: TSan cannot run here" 0 0 0
@@ -179,9 +184,8 @@ fi
 log="$build_dir/test.sh.log"
 echo "test.sh: ctest ${ctest_args[*]}"
 set +e
-(cd "$build_dir" &&
-	"${runner[@]}" ctest --output-on-failure --timeout 300 --no-tests=error "${ctest_args[@]}") |
-	tee "$log"
+(cd "$build_dir" && "${runner[@]}" ctest --output-on-failure --timeout 300 --no-tests=error \
+	"${ctest_args[@]}") | tee "$log"
 rc=${PIPESTATUS[0]}
 set -e
 results=$(grep -E '^ *[0-9]+/[0-9]+ Test +#[0-9]+: ' "$log" || true)
