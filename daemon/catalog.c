@@ -27,6 +27,9 @@ static const uint64_t *slot_id(const struct catalog *c, uint32_t slot)
 	return c->cat->slots[slot].id; /* the daemon's own stores; no concurrent writer */
 }
 
+static void add_published(struct catalog *c, uint32_t slot);
+static void hash_insert(struct catalog *c, uint32_t slot);
+
 int chunkd__catalog_init(struct catalog *c, struct chunkd_cat_map *cat,
 			 const struct chunkd_req_map *req)
 {
@@ -57,8 +60,33 @@ int chunkd__catalog_init(struct catalog *c, struct chunkd_cat_map *cat,
 	for (uint32_t i = 0; i < c->cap; i++)
 		c->free_stack[i] = c->cap - 1 - i;
 	c->nfree = c->cap;
-	/* A fresh segment has every slot FREE at gen 0, as calloc left sp[]. Reading the slots
-	 * instead would make the kernel allocate every page of the slot array. */
+	/* A fresh segment has every slot FREE at gen 0, as calloc left sp[]. An adopted one has
+	 * used slots below slot_hwm only; reading the others would make the kernel allocate every
+	 * page of the slot array. */
+	uint32_t hwm = chunkd__load_relaxed(&cat->hdr->slot_hwm);
+	if (hwm > c->cap)
+		hwm = c->cap;
+	if (hwm == 0)
+		return 0;
+	c->nfree = 0;
+	for (uint32_t i = c->cap; i-- > 0;) {
+		uint64_t gs = i < hwm ? chunkd__load_relaxed(&cat->slots[i].gen_state) : 0;
+		c->sp[i].gen = CHUNKD_GS_GEN(gs);
+		c->sp[i].state = CHUNKD_GS_STATE(gs) <= CHUNKD_SLOT_CONDEMNED ? CHUNKD_GS_STATE(gs)
+									     : CHUNKD_SLOT_FREE;
+		if (c->sp[i].state == CHUNKD_SLOT_FREE) {
+			c->free_stack[c->nfree++] = i;
+			continue;
+		}
+		hash_insert(c, i);
+		struct chunkd_idx_id *e = &c->ids_add[c->nids_add++];
+		memcpy(e->id, slot_id(c, i), sizeof(e->id));
+		e->slot = i;
+		e->gen = c->sp[i].gen;
+		if (c->sp[i].state == CHUNKD_SLOT_PUBLISHED)
+			add_published(c, i);
+	}
+	c->dirty = 1;
 	return 0;
 }
 
@@ -132,6 +160,8 @@ int chunkd__catalog_alloc(struct catalog *c, const struct chunkd_slot_copy *desc
 		return -ENOSPC;
 	uint32_t slot = c->free_stack[--c->nfree];
 	pthread_rwlock_wrlock(&c->cat->hdr->lock);
+	if (slot >= chunkd__load_relaxed(&c->cat->hdr->slot_hwm))
+		chunkd__store_relaxed(&c->cat->hdr->slot_hwm, slot + 1);
 	struct catalog_slot *p = &c->sp[slot];
 	p->gen++;
 	p->state = state;
@@ -152,6 +182,22 @@ int chunkd__catalog_alloc(struct catalog *c, const struct chunkd_slot_copy *desc
 	return (int)slot;
 }
 
+/* Queue a published slot for the next index. */
+static void add_published(struct catalog *c, uint32_t slot)
+{
+	if (c->nadd == c->cap)
+		chunkd__catalog_flush(c); /* the batch is full: publish it first */
+	const struct chunkd_slot *s = &c->cat->slots[slot];
+	struct chunkd_idx_entry *e = &c->add[c->nadd++];
+	memcpy(e->dataset, s->dataset, sizeof(e->dataset));
+	memcpy(e->id, s->id, sizeof(e->id));
+	e->first = s->first_block;
+	e->end = s->end_block;
+	e->slot = slot;
+	e->gen = c->sp[slot].gen;
+	c->dirty = 1;
+}
+
 void chunkd__catalog_set_state(struct catalog *c, uint32_t slot, uint32_t state)
 {
 	struct catalog_slot *p = &c->sp[slot];
@@ -168,17 +214,8 @@ void chunkd__catalog_set_state(struct catalog *c, uint32_t slot, uint32_t state)
 	p->state = state;
 	store_gen_state(c, slot);
 	pthread_rwlock_unlock(&c->cat->hdr->lock);
-	if (state == CHUNKD_SLOT_PUBLISHED) {
-		if (c->nadd == c->cap)
-			chunkd__catalog_flush(c); /* the batch is full: publish it first */
-		struct chunkd_idx_entry *e = &c->add[c->nadd++];
-		memcpy(e->dataset, s->dataset, sizeof(e->dataset));
-		memcpy(e->id, s->id, sizeof(e->id));
-		e->first = s->first_block;
-		e->end = s->end_block;
-		e->slot = slot;
-		e->gen = p->gen;
-	}
+	if (state == CHUNKD_SLOT_PUBLISHED)
+		add_published(c, slot);
 	c->dirty = 1;
 }
 

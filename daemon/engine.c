@@ -1728,6 +1728,19 @@ int chunkd__engine_create(struct loop *l, const struct engine_config *cfg, struc
 		if (dsv_add(e, p->dataset, p->first, p->end, p->slot) < 0)
 			goto err;
 	}
+	/* Condemned chunks of an adopted catalogue: still wanted gone, removed once unpinned. */
+	for (uint32_t s = 0; s < e->cat->cap; s++) {
+		if (e->cat->sp[s].state != CHUNKD_SLOT_CONDEMNED)
+			continue;
+		struct job *j = job_new(e, s);
+		if (!j || chunkd__slot_read(&e->cat->cat->slots[s], &j->desc) < 0) {
+			if (j)
+				job_free(e, j);
+			goto err;
+		}
+		j->state = J_CONDEMNED;
+		condemned_add(e, j);
+	}
 	/* Ring heads: the daemon starts where the rings stand (a fresh segment: 0). */
 	for (uint32_t c = 0; c < e->nclients; c++)
 		e->head[c] = chunkd__load_acquire(&chunkd__req_client(&e->in->req, c)->d.sq_head);

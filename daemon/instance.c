@@ -157,6 +157,92 @@ static int create_object(const char *name, const char *suffix, mode_t mode, uint
 	return 0;
 }
 
+/* The process-shared rwlock of a catalogue: (re)initialised by every daemon that takes the
+ * segment, since a predecessor killed while holding it would have wedged it forever. */
+static void init_lock(struct chunkd_cat_hdr *h)
+{
+	pthread_rwlockattr_t ra;
+	pthread_rwlockattr_init(&ra);
+	pthread_rwlockattr_setpshared(&ra, PTHREAD_PROCESS_SHARED);
+	pthread_rwlockattr_setkind_np(&ra, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+	pthread_rwlock_init(&h->lock, &ra);
+	pthread_rwlockattr_destroy(&ra);
+}
+
+/* Make a seqlock counter even again: a writer killed inside its write section left it odd.
+ * The data it protects is rewritten by this daemon before anyone relies on it. */
+static int repair_seq(uint32_t *seq)
+{
+	uint32_t v = chunkd__load_relaxed(seq);
+	if (!(v & 1u))
+		return 0;
+	/* Pairs with readers' acquire loads: the data is as the dead writer left it, and a reader
+	 * that accepts it is racing a rewrite that the catalogue flush publishes anyway. */
+	chunkd__store_release(seq, v + 1);
+	return 1;
+}
+
+/* Take over the segments of a dead daemon of the same instance, keeping every client slot,
+ * pin, queued request and the published catalogue, so that attached workers notice nothing.
+ * Returns 0, or a negative errno when they cannot be adopted (the caller recreates them). */
+static int adopt_segments(struct instance *in, uint32_t max_chunks, uint32_t max_clients)
+{
+	struct chunkd_cat_map cat;
+	struct chunkd_req_map req;
+	char why[256];
+	int r = chunkd__cat_attach(in->name, 1, &cat, why, sizeof(why));
+	if (r == -ENOENT)
+		return r;
+	if (r < 0) {
+		log_info("recreating instance '%s' segments: %s", in->name, why);
+		return r;
+	}
+	if (cat.geom.max_chunks != max_chunks || strcmp(cat.hdr->data_dir, in->data_dir)) {
+		log_info("recreating instance '%s' segments: they were made for %u chunks in %s, "
+			 "this daemon has %u chunks in %s", in->name, cat.geom.max_chunks,
+			 cat.hdr->data_dir, max_chunks, in->data_dir);
+		chunkd__cat_detach(&cat);
+		return -ESTALE;
+	}
+	r = chunkd__req_attach(in->name, 1, &req, why, sizeof(why));
+	if (r == 0 && req.geom.max_clients != max_clients) {
+		snprintf(why, sizeof(why), "--max-clients changed from %u to %u",
+			 req.geom.max_clients, max_clients);
+		chunkd__req_detach(&req);
+		r = -ESTALE;
+	}
+	if (r < 0) {
+		log_info("recreating instance '%s' segments: %s", in->name, why);
+		chunkd__cat_detach(&cat);
+		return r;
+	}
+	struct chunkd_cat_hdr *h = cat.hdr;
+	uint64_t owner = chunkd__load_relaxed(&h->daemon);
+	init_lock(h);
+	uint32_t repaired = 0, hwm = chunkd__load_relaxed(&h->slot_hwm);
+	if (hwm > max_chunks)
+		hwm = max_chunks;
+	for (uint32_t i = 0; i < hwm; i++)
+		repaired += (uint32_t)repair_seq(&cat.slots[i].seq);
+	for (int k = 0; k < 2; k++)
+		repaired += (uint32_t)repair_seq(&cat.idx[k].hdr->seq);
+	chunkd__store_relaxed(&h->daemon, chunkd__owner_of(0));
+	chunkd__fetch_add(&h->epoch, 1, __ATOMIC_RELAXED);
+	chunkd__store_relaxed(&h->start_time_ns, chunkd__now_ns());
+	chunkd__store_relaxed(&h->heartbeat_ns, chunkd__now_ns());
+	chunkd__store_release(&h->state, (uint32_t)CHUNKD_STATE_STARTING);
+	in->cat = cat;
+	in->req = req;
+	in->adopted = 1;
+	log_info("taking over instance '%s' from daemon pid %d (no longer running): adopted its "
+		 "segments, clients and pins (epoch %llu)", in->name, (int)CHUNKD_OWNER_PID(owner),
+		 (unsigned long long)chunkd__load_relaxed(&h->epoch));
+	if (repaired)
+		log_info("repaired %u seqlock counter%s left odd by the previous daemon", repaired,
+			 repaired == 1 ? "" : "s");
+	return 0;
+}
+
 static int create_segments(struct instance *in, uint32_t max_chunks, uint32_t max_clients)
 {
 	uint64_t epoch = 0;
@@ -203,12 +289,7 @@ static int create_segments(struct instance *in, uint32_t max_chunks, uint32_t ma
 	h->index_off[1] = cg.index_off[1];
 	h->index_bytes = cg.index_bytes;
 	snprintf(h->data_dir, sizeof(h->data_dir), "%s", in->data_dir);
-	pthread_rwlockattr_t ra;
-	pthread_rwlockattr_init(&ra);
-	pthread_rwlockattr_setpshared(&ra, PTHREAD_PROCESS_SHARED);
-	pthread_rwlockattr_setkind_np(&ra, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
-	pthread_rwlock_init(&h->lock, &ra);
-	pthread_rwlockattr_destroy(&ra);
+	init_lock(h);
 	chunkd__store_relaxed(&h->daemon, chunkd__owner_of(0));
 	chunkd__store_relaxed(&h->epoch, epoch + 1);
 	chunkd__store_relaxed(&h->start_time_ns, chunkd__now_ns());
@@ -255,7 +336,9 @@ int chunkd__instance_open(struct instance *in, const char *name, const char *dat
 	r = lock_name(in);
 	if (r < 0)
 		goto err_dir_lock;
-	r = create_segments(in, max_chunks, max_clients);
+	r = adopt_segments(in, max_chunks, max_clients);
+	if (r < 0)
+		r = create_segments(in, max_chunks, max_clients);
 	if (r < 0)
 		goto err_name_lock;
 	return 0;

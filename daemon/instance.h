@@ -18,9 +18,12 @@ struct instance {
 	int name_lock_fd;
 	struct chunkd_cat_map cat;
 	struct chunkd_req_map req;
+	int adopted; /* the segments were taken over from a previous daemon */
 };
 
-/* Lock the data dir and the name, then create fresh segments (taking over a dead daemon's).
+/* Lock the data dir and the name, then adopt the segments a previous daemon of the instance left
+ * (same layout, size and data dir: clients, pins, rings and the catalogue are kept), or create
+ * fresh ones.
  * Logs the reason of any failure. Returns 0 or a negative errno; on failure nothing is held. */
 int chunkd__instance_open(struct instance *in, const char *name, const char *data_dir,
 			  uint32_t max_chunks, uint32_t max_clients);

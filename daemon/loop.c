@@ -158,8 +158,13 @@ static void sync_clients(struct daemon_loop *d)
 		if (owner == watched)
 			continue;
 		unwatch(d, i);
-		if (owner == 0 || owner == CHUNKD_OWNER_RECLAIM)
+		if (owner == 0)
 			continue;
+		if (owner == CHUNKD_OWNER_RECLAIM) {
+			/* A previous daemon died while reclaiming this slot: finish the job. */
+			reap(d, i, owner);
+			continue;
+		}
 		pid_t pid = CHUNKD_OWNER_PID(owner);
 		int fd = pid > 0 && !(owner & CHUNKD_OWNER_CLOSED)
 				 ? (int)syscall(SYS_pidfd_open, pid, 0)

@@ -217,9 +217,10 @@ int main(int argc, char **argv)
 	clock_gettime(CLOCK_MONOTONIC, &t1);
 	double ms = (double)(t1.tv_sec - t0.tv_sec) * 1e3 + (double)(t1.tv_nsec - t0.tv_nsec) / 1e6;
 	log_info("ready: instance '%s', data dir %s: %u chunks in %u datasets (%.1f GB), %u "
-		 "malformed skipped, %u overlapping skipped, %u leftovers purged, in %.0f ms",
+		 "malformed skipped, %u overlapping skipped, %u leftovers purged, %u stale slots "
+		 "dropped, in %.0f ms",
 		 in.name, in.data_dir, st.published, st.datasets, (double)st.bytes / 1e9, st.skipped,
-		 st.overlaps, st.purged, ms);
+		 st.overlaps, st.purged, st.dropped, ms);
 
 	int r = chunkd__loop_run(&in, &cat, &cfg);
 	chunkd__catalog_free_all(&cat);

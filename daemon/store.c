@@ -334,8 +334,15 @@ int chunkd__store_scan(struct instance *in, struct catalog *cat, unsigned thread
 	for (unsigned t = 0; t < started; t++)
 		pthread_join(tids[t], NULL);
 
-	/* Publish in (dataset, first) order; a range overlapping its predecessor is skipped. */
 	qsort(j.cands, j.ncands, sizeof(*j.cands), cand_cmp);
+	/* Publish in (dataset, first) order; a range overlapping its predecessor is skipped.
+	 * An adopted catalogue already holds slots: a chunk on disk keeps its slot (and so the
+	 * pins on it), and slots whose chunk is not on disk any more are freed below. */
+	uint8_t *seen = calloc(cat->cap, 1);
+	if (!seen) {
+		r = -ENOMEM;
+		goto out;
+	}
 	const struct candidate *prev = NULL;
 	struct chunkd_slot_copy desc;
 	for (size_t i = 0; i < j.ncands; i++) {
@@ -346,6 +353,19 @@ int chunkd__store_scan(struct instance *in, struct catalog *cat, unsigned thread
 				 in->data_dir, c->rel, prev->rel);
 			st->overlaps++;
 			continue;
+		}
+		int s = chunkd__catalog_lookup(cat, c->e.id);
+		if (s >= 0 && !seen[s] &&
+		    chunkd__id_cmp(cat->cat->slots[s].dataset, c->e.dataset) == 0 &&
+		    cat->cat->slots[s].first_block == c->e.first &&
+		    cat->cat->slots[s].end_block == c->e.end) {
+			/* Adopted. A download that reached chunks/ before its daemon died is
+			 * complete on disk: publish it. A condemned one stays condemned. */
+			seen[s] = 1;
+			uint32_t state = cat->sp[s].state;
+			if (state != CHUNKD_SLOT_PUBLISHED && state != CHUNKD_SLOT_CONDEMNED)
+				chunkd__catalog_set_state(cat, (uint32_t)s, CHUNKD_SLOT_PUBLISHED);
+			goto counted;
 		}
 		memset(&desc, 0, sizeof(desc));
 		memcpy(desc.id, c->e.id, 32);
@@ -358,23 +378,35 @@ int chunkd__store_scan(struct instance *in, struct catalog *cat, unsigned thread
 		if (snprintf(desc.path, sizeof(desc.path), "%s/chunks/%s", in->data_dir, c->rel) >=
 		    (int)sizeof(desc.path))
 			continue;
-		int s = chunkd__catalog_alloc(cat, &desc, CHUNKD_SLOT_PUBLISHED);
+		s = chunkd__catalog_alloc(cat, &desc, CHUNKD_SLOT_PUBLISHED);
 		if (s == -ENOSPC) {
 			st->no_room++;
 			continue;
 		}
-		if (s == -EEXIST) {
+		if (s < 0) {
 			log_warn("skipping %s/chunks/%s: chunk id already published",
 				 in->data_dir, c->rel);
 			st->overlaps++;
 			continue;
 		}
+		seen[s] = 1;
+	counted:
 		if (!prev || chunkd__id_cmp(prev->e.dataset, c->e.dataset) != 0)
 			st->datasets++;
 		st->published++;
 		st->bytes += c->bytes;
 		prev = c;
 	}
+	/* Adopted slots without a directory: their chunk is gone (or never arrived). Downloads
+	 * still wanted come back from the request journal. */
+	for (uint32_t s = 0; s < cat->cap; s++) {
+		if (seen[s] || cat->sp[s].state == CHUNKD_SLOT_FREE)
+			continue;
+		chunkd__catalog_set_state(cat, s, CHUNKD_SLOT_CONDEMNED);
+		chunkd__catalog_release_slot(cat, s);
+		st->dropped++;
+	}
+	free(seen);
 	if (st->no_room)
 		log_error("catalogue full: %u chunk dirs not published (raise --max-chunks above %u)",
 			  st->no_room, cat->cap);

@@ -17,6 +17,7 @@ struct scan_stats {
 	uint32_t overlaps;  /* well-formed dirs skipped because their range overlaps another */
 	uint32_t no_room;   /* well-formed dirs not published: catalogue full */
 	uint32_t purged;    /* staging/trash entries removed */
+	uint32_t dropped;   /* adopted slots whose chunk was not on disk */
 	uint64_t bytes;     /* bytes in published chunks */
 };
 

@@ -12,7 +12,7 @@
 
 #include "chunkd.h"
 
-#define CHUNKD_SHM_VERSION 2u
+#define CHUNKD_SHM_VERSION 3u
 #define CHUNKD_CAT_MAGIC 0x31544143444b4e43ull /* "CNKDCAT1" little-endian */
 #define CHUNKD_REQ_MAGIC 0x31514552444b4e43ull /* "CNKDREQ1" little-endian */
 
@@ -71,7 +71,7 @@ struct chunkd_cat_hdr {
 	uint32_t state;         /* enum chunkd_state */
 	uint32_t nchunks;       /* published chunks */
 	uint32_t index_active;  /* 0 or 1: the index copy readers use */
-	uint32_t _pad2;
+	uint32_t slot_hwm;      /* slots [slot_hwm, max_chunks) were never used (adoption reads less) */
 	uint64_t index_flips;
 	uint8_t _pad3[CHUNKD_CACHELINE - 56];
 
