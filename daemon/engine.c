@@ -46,6 +46,7 @@ enum job_state {
 	J_RENAME,
 	J_PARENTSYNC,
 	J_CANCEL,    /* download abandoned: waiting for ops, then staging is removed */
+	J_SUSPEND,   /* daemon stopping: waiting for ops, then staging is kept resumable */
 	J_CONDEMNED, /* published chunk deleted: unfindable, waiting for pins */
 	J_TRASH,     /* rename into trash/ in flight */
 	J_UNLINK,    /* unlinking the files in trash/ */
@@ -182,6 +183,7 @@ void chunkd__engine_default_config(struct engine_config *cfg)
 	cfg->backoff_ms = 100;
 	cfg->backoff_max_ms = 10000;
 	cfg->buffers = 64;
+	cfg->checkpoint_mb = 16;
 }
 
 static void job_step(struct engine *e, struct job *j);
@@ -343,9 +345,11 @@ static void xfers_free(struct job *j)
 {
 	if (!j->x)
 		return;
-	for (uint32_t i = 0; i < (j->dl ? j->dl->nfiles : 0); i++)
+	for (uint32_t i = 0; i < (j->dl ? j->dl->nfiles : 0); i++) {
 		if (j->x[i].fd >= 0)
 			close(j->x[i].fd);
+		free(j->x[i].wq);
+	}
 	free(j->x);
 	j->x = NULL;
 }
@@ -718,6 +722,8 @@ static int intake_client(struct engine *e, uint32_t i, uint64_t owner, uint32_t 
 void chunkd__engine_intake(struct engine *e)
 {
 	e->more_intake = 0;
+	if (e->quiescing)
+		return; /* stopping: requests stay in the rings for the next daemon */
 	for (uint32_t i = 0; i < e->nclients; i++) {
 		struct chunkd_req_client *cl = chunkd__req_client(&e->in->req, i);
 		uint64_t owner = chunkd__load_acquire(&cl->ctl.owner);
@@ -798,6 +804,36 @@ static void buf_put(struct engine *e, struct wbuf *b)
 }
 
 static void xfer_check_drained(struct engine *e, struct xfer *x);
+static void write_resume(struct engine *e, struct job *j);
+
+static void on_checkpoint(struct loop *l, struct op *op, int res, uint32_t flags)
+{
+	struct xfer *x = (struct xfer *)((char *)op - offsetof(struct xfer, ckpt_op));
+	struct engine *e = l->eng;
+	chunkd__xfer_op_end(x);
+	if (res == 0 && x->result == 0 && x->job->state == J_RUNNING) {
+		x->ckpt = x->ckpt_pending;
+		x->ckpt_crc = x->ckpt_pending_crc;
+		write_resume(e, x->job);
+	}
+	x->ckpt_pending = 0;
+	xfer_check_drained(e, x);
+}
+
+/* Every checkpoint_mb MiB of written prefix: fdatasync, then record the prefix and its CRC in
+ * the job's resume file (after the fdatasync completed, so the record never claims more than
+ * the disk holds). */
+static void maybe_checkpoint(struct engine *e, struct xfer *x)
+{
+	uint64_t every = (uint64_t)e->cfg.checkpoint_mb << 20;
+	if (x->ckpt_pending || x->fd < 0 || x->result || x->prefix - x->ckpt < every)
+		return;
+	x->ckpt_pending = x->prefix;
+	x->ckpt_pending_crc = x->prefix_crc;
+	x->ckpt_op.fn = on_checkpoint;
+	io_uring_prep_fsync(chunkd__loop_sqe(e->l, &x->ckpt_op), x->fd, IORING_FSYNC_DATASYNC);
+	chunkd__xfer_op_begin(x);
+}
 
 static void on_write(struct loop *l, struct op *op, int res, uint32_t flags)
 {
@@ -824,6 +860,13 @@ static void on_write(struct loop *l, struct op *op, int res, uint32_t flags)
 		set_msg(x->msg, "writing %s: wrote nothing", j->dl->files[x->idx].name);
 	} else if (res > 0) {
 		x->written += b->len;
+		x->wq[b->wrec].done = 1;
+		while (x->wq_head != x->wq_tail && x->wq[x->wq_head % e->cfg.buffers].done) {
+			struct wrec *w = &x->wq[x->wq_head++ % e->cfg.buffers];
+			x->prefix = w->end;
+			x->prefix_crc = w->crc_end;
+		}
+		maybe_checkpoint(e, x);
 	}
 	buf_put(e, b);
 	xfer_check_drained(e, x);
@@ -832,6 +875,9 @@ static void on_write(struct loop *l, struct op *op, int res, uint32_t flags)
 static void submit_buf(struct engine *e, struct xfer *x, struct wbuf *b)
 {
 	b->x = x;
+	b->crc_end = x->crc;
+	b->wrec = x->wq_tail++ % e->cfg.buffers;
+	x->wq[b->wrec] = (struct wrec){b->off + b->len, b->crc_end, 0};
 	b->op.fn = on_write;
 	io_uring_prep_write(chunkd__loop_sqe(e->l, &b->op), x->fd, b->data, b->len, b->off);
 	x->inflight++;
@@ -851,7 +897,6 @@ long chunkd__xfer_deliver(struct engine *e, struct xfer *x, const void *data, si
 		}
 		return 0;
 	}
-	x->crc = chunkd__crc32c(x->crc, data, n);
 	const uint8_t *p = data;
 	size_t left = n;
 	while (left) {
@@ -862,6 +907,9 @@ long chunkd__xfer_deliver(struct engine *e, struct xfer *x, const void *data, si
 		size_t k = WBUF_SIZE - x->cur->len;
 		if (k > left)
 			k = left;
+		/* Piece by piece, so that x->crc covers exactly the bytes up to a buffer's end
+		 * when it is submitted (the resume checkpoint records it). */
+		x->crc = chunkd__crc32c(x->crc, p, k);
 		memcpy(x->cur->data + x->cur->len, p, k);
 		x->cur->len += (uint32_t)k;
 		p += k;
@@ -900,14 +948,111 @@ static void xfer_fail(struct engine *e, struct xfer *x, int err, const char *fmt
 	va_end(ap);
 }
 
+void chunkd__xfer_restart_at_zero(struct engine *e, struct xfer *x)
+{
+	struct job *j = x->job;
+	log_info("chunk slot %u: the origin sent all of %s instead of the range; starting it over",
+		 j->slot, j->dl->files[x->idx].name);
+	j->desc.bytes_done -= x->received < j->desc.bytes_done ? x->received : j->desc.bytes_done;
+	x->received = x->prefix = x->ckpt = x->start_off = 0;
+	x->crc = x->prefix_crc = x->ckpt_crc = 0;
+	if (x->fd >= 0 && ftruncate(x->fd, 0) < 0)
+		xfer_fail(e, x, -errno, "truncating %s: %s", j->dl->files[x->idx].name,
+			  strerror(errno));
+}
+
+/* The job's resume file, staging/<id>.resume: one line per file with a recorded prefix,
+ * "<index> <bytes> <crc32c> <D|P> <validator>", D for a complete file, P for a prefix. Written
+ * to a temporary name and renamed, so a crash leaves the old or the new file. */
+static void write_resume(struct engine *e, struct job *j)
+{
+	char name[sizeof(j->tmpname) + 16], tmp[sizeof(j->tmpname) + 16];
+	snprintf(name, sizeof(name), "%s.resume", j->tmpname);
+	snprintf(tmp, sizeof(tmp), "%s.resume.tmp", j->tmpname);
+	size_t cap = 64 + (size_t)j->dl->nfiles * 220, len = 0;
+	char *buf = malloc(cap);
+	if (!buf)
+		return;
+	for (uint32_t i = 0; i < j->dl->nfiles; i++) {
+		const struct xfer *x = &j->x[i];
+		int done = x->state == X_DONE;
+		uint64_t bytes = done ? x->received : x->ckpt;
+		uint32_t crc = done ? x->crc : x->ckpt_crc;
+		if (!bytes || (!done && !x->validator[0]))
+			continue;
+		len += (size_t)snprintf(buf + len, cap - len, "%u %llu %08x %c %s\n", i,
+					(unsigned long long)bytes, crc, done ? 'D' : 'P',
+					x->validator[0] ? x->validator : "-");
+	}
+	int fd = openat(e->staging_fd, tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	if (fd >= 0) {
+		ssize_t w = write(fd, buf, len);
+		close(fd);
+		if (w == (ssize_t)len)
+			renameat(e->staging_fd, tmp, e->staging_fd, name);
+		else
+			unlinkat(e->staging_fd, tmp, 0);
+	}
+	free(buf);
+}
+
+/* A staging dir survived: read the resume file and set what each transfer can continue from.
+ * Files whose recorded size does not match the file on disk start over. */
+static void read_resume(struct engine *e, struct job *j)
+{
+	char name[sizeof(j->tmpname) + 16], buf[64 * 1024];
+	snprintf(name, sizeof(name), "%s.resume", j->tmpname);
+	int fd = openat(e->staging_fd, name, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return;
+	ssize_t n = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	if (n <= 0)
+		return;
+	buf[n] = '\0';
+	for (char *line = buf, *nl; *line; line = nl + 1) {
+		nl = strchr(line, '\n');
+		if (!nl)
+			break;
+		*nl = '\0';
+		unsigned idx, crc;
+		unsigned long long bytes;
+		char kind;
+		int off = 0;
+		if (sscanf(line, "%u %llu %x %c %n", &idx, &bytes, &crc, &kind, &off) != 4 ||
+		    idx >= j->dl->nfiles || off == 0)
+			continue;
+		struct xfer *x = &j->x[idx];
+		struct stat st;
+		if (fstatat(j->dirfd, j->dl->files[idx].name, &st, AT_SYMLINK_NOFOLLOW) < 0 ||
+		    (uint64_t)st.st_size < bytes)
+			continue;
+		const char *v = line + off;
+		snprintf(x->validator, sizeof(x->validator), "%s", strcmp(v, "-") ? v : "");
+		if (kind == 'D' && (uint64_t)st.st_size == bytes) {
+			x->resume_done = 1;
+			x->received = x->prefix = x->ckpt = bytes;
+			x->crc = x->prefix_crc = x->ckpt_crc = crc;
+		} else if (kind == 'P' && x->validator[0]) {
+			x->resume_from = bytes;
+			x->resume_crc = crc;
+		}
+	}
+}
+
 static void xfer_start(struct engine *e, struct xfer *x)
 {
 	struct job *j = x->job;
 	const struct chunkd_dl_file *f = &j->dl->files[x->idx];
+	uint64_t from = x->resume_from;
+	x->resume_from = 0; /* a retry after a failure starts over */
 	x->result = 0;
 	x->finished = 0;
-	x->received = x->written = 0;
-	x->crc = 0;
+	x->received = x->written = x->prefix = x->ckpt = 0;
+	x->crc = x->prefix_crc = x->ckpt_crc = 0;
+	x->wq_head = x->wq_tail = 0;
+	x->start_off = 0;
+	x->range_start = UINT64_MAX;
 	x->http_status = 0;
 	x->msg[0] = '\0';
 	x->state = X_RUNNING;
@@ -915,12 +1060,27 @@ static void xfer_start(struct engine *e, struct xfer *x)
 	if (x->attempts > j->desc.attempts)
 		j->desc.attempts = x->attempts; /* the chunk's attempts: its most-tried file's */
 	e->running_xfers++;
-	x->fd = openat(j->dirfd, f->name, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	x->fd = openat(j->dirfd, f->name, O_WRONLY | O_CREAT | (from ? 0 : O_TRUNC) | O_CLOEXEC,
+		       0644);
+	if (x->fd >= 0 && from && ftruncate(x->fd, (off_t)from) < 0) {
+		close(x->fd);
+		x->fd = -1;
+	}
 	if (x->fd < 0) {
 		xfer_fail(e, x, -errno, "creating %s in staging: %s", f->name, strerror(errno));
 		x->finished = 1;
 		xfer_check_drained(e, x);
 		return;
+	}
+	if (from) {
+		/* Continue after the durable prefix a previous daemon recorded. */
+		x->received = x->prefix = x->ckpt = x->start_off = from;
+		x->crc = x->prefix_crc = x->ckpt_crc = x->resume_crc;
+		j->desc.bytes_done += from;
+		log_info("chunk slot %u: resuming %s at byte %llu", j->slot, f->name,
+			 (unsigned long long)from);
+	} else {
+		x->validator[0] = '\0';
 	}
 	x->src = source_for(f->url);
 	int r = x->src ? x->src->start(e, x) : -EPROTONOSUPPORT;
@@ -1022,6 +1182,7 @@ static void xfer_check_drained(struct engine *e, struct xfer *x)
 		x->state = X_DONE;
 		j->files_done++;
 		j->desc.bytes_total += x->received;
+		write_resume(e, j); /* a restart will not fetch this file again */
 		log_debug("chunk slot %u: file %s done (%llu bytes)", j->slot,
 			  j->dl->files[x->idx].name, (unsigned long long)x->received);
 		job_advance(e, j);
@@ -1169,10 +1330,16 @@ static void job_step(struct engine *e, struct job *j)
 }
 
 /* Files all done: move on to the metadata. Called when a transfer reaches a resting state. */
+static void job_suspend_done(struct engine *e, struct job *j);
+
 static void job_advance(struct engine *e, struct job *j)
 {
 	if (j->state == J_CANCEL) {
 		job_fail_or_cancel_done(e, j);
+		return;
+	}
+	if (j->state == J_SUSPEND) {
+		job_suspend_done(e, j);
 		return;
 	}
 	if (j->state != J_RUNNING)
@@ -1201,7 +1368,7 @@ static void on_job_op(struct loop *l, struct op *op, int res, uint32_t flags)
 	}
 	switch (j->state) {
 	case J_MKDIR:
-		if (res < 0) {
+		if (res < 0 && res != -EEXIST) {
 			j->fail_err = res;
 			set_msg(j->fail_msg, "mkdir in staging: %s", strerror(-res));
 			start_cancel(e, j);
@@ -1217,7 +1384,27 @@ static void on_job_op(struct loop *l, struct op *op, int res, uint32_t flags)
 		j->state = J_RUNNING;
 		for (uint32_t i = 0; i < j->dl->nfiles; i++)
 			j->x[i].state = X_IDLE;
+		if (res == -EEXIST) {
+			/* A previous daemon left this download behind: continue it. */
+			read_resume(e, j);
+			for (uint32_t i = 0; i < j->dl->nfiles; i++) {
+				struct xfer *x = &j->x[i];
+				if (!x->resume_done)
+					continue;
+				x->state = X_DONE;
+				j->files_done++;
+				j->desc.bytes_total += x->received;
+				j->desc.bytes_done += x->received;
+			}
+			log_info("chunk slot %u: resuming from staging (%u of %u files complete)",
+				 j->slot, j->files_done, j->dl->nfiles);
+		} else {
+			char name[sizeof(j->tmpname) + 16];
+			snprintf(name, sizeof(name), "%s.resume", j->tmpname);
+			unlinkat(e->staging_fd, name, 0); /* stale, from a cancelled incarnation */
+		}
 		chunkd__catalog_set_state(e->cat, j->slot, CHUNKD_SLOT_DOWNLOADING);
+		job_advance(e, j); /* every file may be complete already */
 		break;
 	case J_META:
 		if (res < 0 && !j->fail_err) {
@@ -1257,6 +1444,11 @@ static void on_job_op(struct loop *l, struct op *op, int res, uint32_t flags)
 			set_msg(j->fail_msg, "rename into chunks/: %s", strerror(-res));
 			start_cancel(e, j);
 			return;
+		}
+		{
+			char name[sizeof(j->tmpname) + 16];
+			snprintf(name, sizeof(name), "%s.resume", j->tmpname);
+			unlinkat(e->staging_fd, name, 0);
 		}
 		j->tmpname[0] = '\0'; /* nothing left in staging */
 		j->state = J_PARENTSYNC;
@@ -1316,6 +1508,9 @@ static void job_fail_or_cancel_done(struct engine *e, struct job *j)
 		if (r < 0)
 			log_warn("chunk slot %u: removing staging/%s: %s", slot, j->tmpname,
 				 strerror(-r));
+		char name[sizeof(j->tmpname) + 16];
+		snprintf(name, sizeof(name), "%s.resume", j->tmpname);
+		unlinkat(e->staging_fd, name, 0);
 		j->tmpname[0] = '\0';
 	}
 	if (j->in_chunks) {
@@ -1567,10 +1762,17 @@ static void on_removal_op(struct engine *e, struct job *j, int res)
 
 static void start_job(struct engine *e, struct job *j)
 {
-	char id[65];
-	chunkd__hex_encode((const uint8_t *)j->dl->id, 32, id);
-	snprintf(j->tmpname, sizeof(j->tmpname), "%s.%llu", id, (unsigned long long)++e->seq);
+	/* The staging dir is named by the chunk id alone, so that a restarted daemon finds what
+	 * a previous one left and resumes it. */
+	chunkd__hex_encode((const uint8_t *)j->dl->id, 32, j->tmpname);
 	j->x = calloc(j->dl->nfiles, sizeof(*j->x));
+	for (uint32_t i = 0; j->x && i < j->dl->nfiles; i++) {
+		j->x[i].wq = calloc(e->cfg.buffers, sizeof(struct wrec));
+		if (!j->x[i].wq) {
+			xfers_free(j);
+			break;
+		}
+	}
 	if (!j->x) {
 		queue_push(e, j); /* try again later */
 		return;
@@ -1674,15 +1876,65 @@ void chunkd__engine_flush(struct engine *e)
 	}
 }
 
+/* Stop a running download so that a later daemon can resume it: stop the sources, let the
+ * writes in flight land, then fdatasync each file and record its prefix (job_suspend_done). */
+static void job_suspend(struct engine *e, struct job *j)
+{
+	j->state = J_SUSPEND;
+	for (uint32_t i = 0; i < j->dl->nfiles; i++) {
+		struct xfer *x = &j->x[i];
+		if (x->state != X_RUNNING || x->finished)
+			continue;
+		if (x->src)
+			x->src->cancel(e, x);
+		x->finished = 1;
+		e->running_xfers--;
+		x->state = X_IDLE;
+		if (x->cur) {
+			buf_put(e, x->cur); /* unwritten bytes: fetched again on resume */
+			x->cur = NULL;
+		}
+	}
+	job_suspend_done(e, j);
+}
+
+static void job_suspend_done(struct engine *e, struct job *j)
+{
+	if (j->inflight)
+		return;
+	for (uint32_t i = 0; i < j->dl->nfiles; i++) {
+		struct xfer *x = &j->x[i];
+		if (x->fd < 0 || x->state == X_DONE || !x->prefix || x->result)
+			continue;
+		/* Stopping: a synchronous fdatasync per file is fine here. */
+		if (fdatasync(x->fd) == 0) {
+			x->ckpt = x->prefix;
+			x->ckpt_crc = x->prefix_crc;
+		}
+	}
+	write_resume(e, j);
+	xfers_free(j);
+	if (j->dirfd >= 0) {
+		close(j->dirfd);
+		j->dirfd = -1;
+	}
+	j->tmpname[0] = '\0';
+	job_unrun(e, j);
+	log_info("chunk slot %u: download suspended; staging kept for a resume", j->slot);
+	j->state = J_QUEUED; /* it stays wanted; the request journal brings it back */
+}
+
 int chunkd__engine_quiesce(struct engine *e)
 {
 	if (!e->quiescing) {
 		e->quiescing = 1;
-		for (struct job *j = e->run_list, *next; j; j = next) {
-			next = j->next_run;
-			if (j->running == RUN_DOWNLOAD && j->state <= J_RUNNING)
-				start_cancel(e, j);
-		}
+	}
+	/* Suspend downloads that are moving bytes; let the short steps (mkdir, metadata,
+	 * rename, fsyncs) finish on their own. */
+	for (struct job *j = e->run_list, *next; j; j = next) {
+		next = j->next_run;
+		if (j->running == RUN_DOWNLOAD && j->state == J_RUNNING)
+			job_suspend(e, j);
 	}
 	for (struct job *j = e->run_list; j; j = j->next_run)
 		if (j->inflight)

@@ -20,6 +20,7 @@ struct engine_config {
 	uint32_t backoff_ms;         /* first retry delay, doubled per attempt (default 100) */
 	uint32_t backoff_max_ms;     /* cap of the retry delay (default 10000) */
 	uint32_t buffers;            /* write buffers of 256 KiB (default 64) */
+	uint32_t checkpoint_mb;      /* fdatasync + record a resume point every N MiB (16) */
 };
 
 void chunkd__engine_default_config(struct engine_config *cfg);

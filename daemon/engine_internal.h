@@ -28,7 +28,16 @@ struct wbuf {
 	uint32_t len;  /* bytes filled */
 	uint32_t done; /* bytes written so far (short writes are continued) */
 	uint64_t off;  /* file offset of data[0] */
+	uint32_t crc_end; /* CRC32C of the file's bytes [0, off + len) */
+	uint32_t wrec;    /* index of its entry in the transfer's write ring */
 	struct wbuf *next;
+};
+
+/* A submitted write, kept in submission order to know the contiguous written prefix. */
+struct wrec {
+	uint64_t end;
+	uint32_t crc_end;
+	uint32_t done;
 };
 
 enum xfer_state {
@@ -62,6 +71,26 @@ struct xfer {
 	long http_status;
 	char msg[CHUNKD_SLOT_MSG_MAX];
 	struct op fsync_op;
+	/* Resume: the contiguous prefix of the file that is written, and the part of it that is
+	 * durable (fdatasync'ed) and recorded in the job's resume file. */
+	struct wrec *wq;   /* ring of cfg.buffers entries */
+	uint32_t wq_head, wq_tail;
+	uint64_t prefix;   /* bytes [0, prefix) written */
+	uint32_t prefix_crc;
+	uint64_t ckpt;     /* bytes [0, ckpt) durable and recorded */
+	uint32_t ckpt_crc;
+	uint64_t ckpt_pending; /* a checkpoint fdatasync is in flight for this prefix */
+	uint32_t ckpt_pending_crc;
+	struct op ckpt_op;
+	uint64_t start_off;  /* where this attempt's bytes start (a resumed attempt: > 0) */
+	uint64_t resume_from; /* from the resume file: continue at this offset (next attempt) */
+	uint32_t resume_crc;
+	int resume_done;      /* the resume file says the file was complete */
+	char validator[160];  /* "E<etag>" or "L<last-modified>" of the origin, "" if none */
+	uint64_t range_start; /* Content-Range start of a 206 answer, UINT64_MAX if none */
+	uint64_t range_total; /* total size in a 416 answer's Content-Range, UINT64_MAX if none */
+	int resp_etag;        /* this response carried an ETag */
+	struct curl_slist *headers;
 	/* Source state. */
 	CURL *easy;
 	int src_fd;
@@ -101,6 +130,9 @@ void chunkd__xfer_finished(struct engine *e, struct xfer *x, int err, long http_
  * for every such op before it frees x. */
 void chunkd__xfer_op_begin(struct xfer *x);
 void chunkd__xfer_op_end(struct xfer *x);
+
+/* The origin answered a resumed request with the whole file (200): start over at offset 0. */
+void chunkd__xfer_restart_at_zero(struct engine *e, struct xfer *x);
 
 /* The URL of x's file. */
 const char *chunkd__xfer_url(const struct xfer *x);

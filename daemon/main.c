@@ -40,6 +40,7 @@ static const char usage[] =
 	"      --backoff MS         first retry delay, doubled per attempt, with jitter (100)\n"
 	"      --backoff-max MS     cap of the retry delay (default 10000)\n"
 	"      --buffers N          256 KiB write buffers (default 64)\n"
+	"      --checkpoint MIB     fdatasync and record a resume point every MIB (default 16)\n"
 	"\n"
 	"  -l, --log-level LEVEL    error, warn, info (default) or debug\n"
 	"  -h, --help               show this help and exit\n"
@@ -80,6 +81,7 @@ int main(int argc, char **argv)
 		{"backoff", required_argument, NULL, 1006},
 		{"backoff-max", required_argument, NULL, 1007},
 		{"buffers", required_argument, NULL, 1008},
+		{"checkpoint", required_argument, NULL, 1009},
 		{"help", no_argument, NULL, 'h'},
 		{"version", no_argument, NULL, 'V'},
 		{NULL, 0, NULL, 0},
@@ -127,6 +129,10 @@ int main(int argc, char **argv)
 		case 1008:
 			target = &cfg.buffers;
 			lo = 2;
+			hi = 65536;
+			break;
+		case 1009:
+			target = &cfg.checkpoint_mb;
 			hi = 65536;
 			break;
 		case 'd':

@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "engine_internal.h"
 #include "log.h"
@@ -161,6 +162,50 @@ static int timer_cb(CURLM *multi, long timeout_ms, void *userp)
 	return 0;
 }
 
+/* Case-insensitive "Name:" prefix match; returns the value (trimmed) or NULL. */
+static const char *header_value(const char *line, size_t len, const char *name, char *out,
+				size_t outlen)
+{
+	size_t n = strlen(name);
+	if (len <= n || strncasecmp(line, name, n) != 0 || line[n] != ':')
+		return NULL;
+	const char *v = line + n + 1, *end = line + len;
+	while (v < end && (*v == ' ' || *v == '\t'))
+		v++;
+	while (end > v && (end[-1] == '\r' || end[-1] == '\n' || end[-1] == ' '))
+		end--;
+	size_t k = (size_t)(end - v) < outlen - 1 ? (size_t)(end - v) : outlen - 1;
+	memcpy(out, v, k);
+	out[k] = '\0';
+	return out;
+}
+
+/* Response headers: the validator for a later resume (ETag preferred, else Last-Modified),
+ * and the start of a 206's Content-Range. A new status line resets them (e.g. after a 100). */
+static size_t header_cb(char *line, size_t size, size_t nmemb, void *ud)
+{
+	struct xfer *x = ud;
+	size_t len = size * nmemb;
+	char v[150]; /* shorter than x->validator, which prefixes a kind letter */
+	if (len >= 5 && !strncmp(line, "HTTP/", 5)) {
+		x->range_start = UINT64_MAX;
+		x->resp_etag = 0;
+	} else if (header_value(line, len, "ETag", v, sizeof(v))) {
+		snprintf(x->validator, sizeof(x->validator), "E%s", v);
+		x->resp_etag = 1;
+	} else if (header_value(line, len, "Last-Modified", v, sizeof(v))) {
+		if (!x->resp_etag)
+			snprintf(x->validator, sizeof(x->validator), "L%s", v);
+	} else if (header_value(line, len, "Content-Range", v, sizeof(v))) {
+		unsigned long long a, b, t;
+		if (sscanf(v, "bytes %llu-%llu/%llu", &a, &b, &t) >= 2)
+			x->range_start = a;
+		else if (sscanf(v, "bytes */%llu", &t) == 1)
+			x->range_total = t;
+	}
+	return len;
+}
+
 static size_t write_cb(char *ptr, size_t size, size_t nmemb, void *ud)
 {
 	struct xfer *x = ud;
@@ -169,6 +214,14 @@ static size_t write_cb(char *ptr, size_t size, size_t nmemb, void *ud)
 		long code = 0;
 		curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &code);
 		x->http_status = code;
+		if (x->start_off && code == 200) {
+			chunkd__xfer_restart_at_zero(x->eng, x);
+		} else if (x->start_off && code == 206 && x->range_start != x->start_off) {
+			x->result = -EIO;
+			snprintf(x->msg, sizeof(x->msg), "%s: 206 for the wrong range",
+				 chunkd__xfer_url(x));
+			return 0;
+		}
 	}
 	if (x->http_status / 100 != 2)
 		return 0; /* not a body we want: abort (reported as the HTTP status) */
@@ -184,6 +237,12 @@ static int classify(struct xfer *x, CURLcode rc, const char *url, char *msg, siz
 	long code = 0;
 	curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &code);
 	x->http_status = code;
+	if (rc == CURLE_OK && code == 416 && x->start_off && x->range_total == x->start_off) {
+		/* We asked for the bytes after the end: the file was complete already. */
+		return 0;
+	}
+	if (rc == CURLE_WRITE_ERROR && x->result)
+		return snprintf(msg, msglen, "%s", x->msg), x->result;
 	if (rc == CURLE_OK || (rc == CURLE_WRITE_ERROR && code / 100 != 2)) {
 		if (code / 100 != 2) {
 			snprintf(msg, msglen, "HTTP %ld from %s%s", code, url,
@@ -192,9 +251,9 @@ static int classify(struct xfer *x, CURLcode rc, const char *url, char *msg, siz
 		}
 		curl_off_t cl = -1;
 		curl_easy_getinfo(x->easy, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &cl);
-		if (cl >= 0 && (uint64_t)cl != x->received) {
+		if (cl >= 0 && (uint64_t)cl != x->received - x->start_off) {
 			snprintf(msg, msglen, "%s: got %llu bytes, Content-Length %lld", url,
-				 (unsigned long long)x->received, (long long)cl);
+				 (unsigned long long)(x->received - x->start_off), (long long)cl);
 			return -EIO;
 		}
 		return 0;
@@ -247,6 +306,8 @@ static void check_done(struct http_state *h)
 		curl_multi_remove_handle(h->multi, m->easy_handle);
 		curl_easy_cleanup(m->easy_handle);
 		x->easy = NULL;
+		curl_slist_free_all(x->headers);
+		x->headers = NULL;
 		chunkd__xfer_finished(h->e, x, err, status, msg);
 	}
 }
@@ -264,6 +325,20 @@ static int http_start(struct engine *e, struct xfer *x)
 	curl_easy_setopt(c, CURLOPT_PRIVATE, x);
 	curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, write_cb);
 	curl_easy_setopt(c, CURLOPT_WRITEDATA, x);
+	curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, header_cb);
+	curl_easy_setopt(c, CURLOPT_HEADERDATA, x);
+	x->range_total = UINT64_MAX;
+	x->resp_etag = 0;
+	if (x->start_off) {
+		/* Resume: the rest of the file, only if it is still the same file (If-Range with
+		 * its validator); otherwise the origin answers 200 with all of it. */
+		char range[32], ifr[sizeof(x->validator) + 16];
+		snprintf(range, sizeof(range), "%llu-", (unsigned long long)x->start_off);
+		curl_easy_setopt(c, CURLOPT_RANGE, range);
+		snprintf(ifr, sizeof(ifr), "If-Range: %s", x->validator + 1);
+		x->headers = curl_slist_append(NULL, ifr);
+		curl_easy_setopt(c, CURLOPT_HTTPHEADER, x->headers);
+	}
 	curl_easy_setopt(c, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
 	curl_easy_setopt(c, CURLOPT_FOLLOWLOCATION, 0L);
 	curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
@@ -293,6 +368,8 @@ static void http_cancel(struct engine *e, struct xfer *x)
 	h->in_curl = 0;
 	curl_easy_cleanup(x->easy);
 	x->easy = NULL;
+	curl_slist_free_all(x->headers);
+	x->headers = NULL;
 	rearm(h);
 }
 
