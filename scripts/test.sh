@@ -12,6 +12,7 @@
 # Exit status: 0 all tests passed (or were skipped), 1 a build or test failure, 2 bad usage,
 # 77 the sanitizer cannot run on this machine (only --sanitize thread, explained on stderr).
 # The last line printed is a summary: "test.sh: N passed, N failed, N skipped".
+# Tests find the sanitizer in $CHUNKD_TEST_SANITIZER (empty without one).
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -21,7 +22,7 @@ run_deps=1
 ctest_args=()
 
 usage() {
-	sed -n '2,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+	awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "${BASH_SOURCE[0]}"
 }
 
 while [ $# -gt 0 ]; do
@@ -89,6 +90,9 @@ if [ $run_deps = 1 ]; then
 fi
 
 # Sanitizer run-time options. Ours come first so that the caller's own settings win.
+# CHUNKD_TEST_SANITIZER tells tests which sanitizer they run under (empty: none), so that a test
+# may scale its iteration counts or deadlines to the sanitizer's slowdown.
+export CHUNKD_TEST_SANITIZER="$sanitize"
 runner=()
 case $kind in
 asan)
