@@ -53,7 +53,7 @@ static uint64_t rnd(void)
 /* ---- a temporary data directory per test ----------------------------------------------------- */
 
 struct env {
-	char dir[64];
+	char dir[4096];
 	int dirfd;
 };
 
