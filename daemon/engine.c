@@ -32,6 +32,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include "journal.h"
 #include "log.h"
 #include "meta.h"
 #include "shm/atomics.h"
@@ -93,6 +94,17 @@ struct post {
 	uint64_t owner;
 	uint64_t ticket;
 	int32_t result;
+	uint64_t seq; /* journal records up to this one must be durable before it is posted */
+};
+
+/* What the journal said about one chunk id (start-up replay, before the engine applies it). */
+struct replayed {
+	uint64_t id[4];
+	uint32_t type;      /* CHUNKD_JREC_DOWNLOAD or CHUNKD_JREC_DELETE */
+	struct chunkd_dl *dl; /* DOWNLOAD: the last descriptor */
+	struct waiter *w;   /* requesters still waiting for this desired state */
+	uint32_t nw, capw;
+	uint64_t order;     /* position of its last record, to apply in journal order */
 };
 
 /* Desired ranges per dataset, for the overlap check. */
@@ -139,6 +151,24 @@ struct engine {
 	int pins_dirty;
 	int quiescing;
 	struct http_state *http;
+	/* The request journal and its group commit. */
+	struct chunkd_journal *jr;
+	struct op commit_op;
+	int commit_inflight;    /* completions still to come for the commit in flight (0-2) */
+	int commit_res;
+	uint64_t *head_commit;  /* per client: ring head covered by the commit in flight */
+	uint32_t *ring_gen;     /* per client: bumped when its ring is reset */
+	uint32_t *gen_commit;   /* ring_gen at the commit's start */
+	uint64_t *gone_seq;     /* per client being reclaimed: journal seq to wait for, or 0 */
+	uint8_t *gone;          /* per client: reclaim waiting for the journal */
+	/* Start-up replay. */
+	struct replayed *rp;
+	uint32_t nrp, caprp;
+	uint64_t *replay_owner, *replay_ticket; /* per client: the last journaled request */
+	uint64_t replay_order;
+	uint32_t *rpi_slots; /* hash of replay entries: index + 1, 0 = empty */
+	uint32_t rpi_mask;
+	int fatal;
 };
 
 void chunkd__xfer_op_begin(struct xfer *x)
@@ -188,6 +218,7 @@ void chunkd__engine_default_config(struct engine_config *cfg)
 
 static void job_step(struct engine *e, struct job *j);
 static void job_advance(struct engine *e, struct job *j);
+static void journal_forget_delete(struct engine *e, const uint64_t id[4]);
 static void job_fail_or_cancel_done(struct engine *e, struct job *j);
 static void start_cancel(struct engine *e, struct job *j);
 static void condemned_add(struct engine *e, struct job *j);
@@ -285,7 +316,8 @@ static void post(struct engine *e, uint32_t client, uint64_t owner, uint64_t tic
 		e->posts = p;
 		e->capposts = nc;
 	}
-	e->posts[e->nposts++] = (struct post){client, owner, ticket, result};
+	e->posts[e->nposts++] = (struct post){client, owner, ticket, result,
+					      e->jr ? chunkd__journal_last_seq(e->jr) : 0};
 }
 
 static void post_waiters(struct engine *e, struct job *j, int result)
@@ -480,11 +512,13 @@ static int same_desc_published(struct engine *e, uint32_t slot, const struct chu
 	return same;
 }
 
+/* A copy holding only the descriptor's nfiles files: a full struct chunkd_dl is ~280 KiB. */
 static struct chunkd_dl *dl_dup(const struct chunkd_dl *dl)
 {
-	struct chunkd_dl *p = malloc(sizeof(*p));
+	size_t n = offsetof(struct chunkd_dl, files) + dl->nfiles * sizeof(dl->files[0]);
+	struct chunkd_dl *p = malloc(n);
 	if (p)
-		memcpy(p, dl, sizeof(*p));
+		memcpy(p, dl, n);
 	return p;
 }
 
@@ -622,6 +656,7 @@ static void on_delete(struct engine *e, const uint64_t id[4], uint64_t ticket, u
 {
 	int slot = chunkd__catalog_lookup(e->cat, id);
 	if (slot < 0) {
+		journal_forget_delete(e, id);
 		post(e, client, owner, ticket, 0);
 		return;
 	}
@@ -648,6 +683,7 @@ static void on_delete(struct engine *e, const uint64_t id[4], uint64_t ticket, u
 	}
 	if (!j) { /* failed: nothing on disk */
 		slot_free(e, (uint32_t)slot);
+		journal_forget_delete(e, id);
 		post(e, client, owner, ticket, 0);
 		return;
 	}
@@ -660,6 +696,7 @@ static void on_delete(struct engine *e, const uint64_t id[4], uint64_t ticket, u
 		queue_remove(e, j);
 		job_free(e, j);
 		slot_free(e, (uint32_t)slot);
+		journal_forget_delete(e, id);
 	} else if (j->state <= J_PARENTSYNC) {
 		start_cancel(e, j);
 	}
@@ -668,6 +705,29 @@ static void on_delete(struct engine *e, const uint64_t id[4], uint64_t ticket, u
 }
 
 /* Take up to `budget` records from client i's ring. Returns 1 if more remain. */
+/* Append an accepted request to the journal. A journal that cannot take it any more (a write or
+ * fsync failed) makes durability impossible: the daemon stops rather than pretend. */
+static void journal_request(struct engine *e, uint32_t type, uint32_t client, uint64_t owner,
+			    uint64_t ticket, const uint64_t id[4], const struct chunkd_dl *dl)
+{
+	struct chunkd_jrec r = {.type = type, .client = client, .owner = owner, .ticket = ticket,
+				.dl = dl};
+	memcpy(r.id, id, sizeof(r.id));
+	int err = chunkd__journal_append(e->jr, &r);
+	if (err < 0 && !e->fatal) {
+		log_error("journal: cannot append a request: %s; stopping", strerror(-err));
+		e->fatal = 1;
+	}
+}
+
+/* The desired state of id became "absent" and was reached: its DELETE record is not needed. */
+static void journal_forget_delete(struct engine *e, const uint64_t id[4])
+{
+	struct chunkd_journal_entry je;
+	if (e->jr && chunkd__journal_live(e->jr, id, &je) == 0 && je.type == CHUNKD_JREC_DELETE)
+		chunkd__journal_forget(e->jr, id);
+}
+
 static int intake_client(struct engine *e, uint32_t i, uint64_t owner, uint32_t budget)
 {
 	struct chunkd_req_client *cl = chunkd__req_client(&e->in->req, i);
@@ -685,6 +745,8 @@ static int intake_client(struct engine *e, uint32_t i, uint64_t owner, uint32_t 
 			break;
 		const struct chunkd_rec_hdr *h = (const struct chunkd_rec_hdr *)e->rec;
 		char why[160] = "";
+		if (n > 0 && owner && owner == e->replay_owner[i] && h->ticket <= e->replay_ticket[i])
+			continue; /* journaled before a restart and replayed already */
 		if (n < 0) {
 			log_warn("client pid %d (slot %u): garbage in its request ring; skipped to the "
 				 "tail", (int)CHUNKD_OWNER_PID(owner), i);
@@ -695,6 +757,8 @@ static int intake_client(struct engine *e, uint32_t i, uint64_t owner, uint32_t 
 			int r = chunkd__rec_decode_download(e->rec, (size_t)n, e->dl_scratch, why,
 							    sizeof(why));
 			if (r == 0) {
+				journal_request(e, CHUNKD_JREC_DOWNLOAD, i, owner, h->ticket,
+						e->dl_scratch->id, e->dl_scratch);
 				on_download(e, e->dl_scratch, i, owner);
 				continue;
 			}
@@ -704,6 +768,7 @@ static int intake_client(struct engine *e, uint32_t i, uint64_t owner, uint32_t 
 			   h->len == (uint32_t)n) {
 			uint64_t id[4];
 			memcpy(id, ((const struct chunkd_rec_delete *)e->rec)->id, sizeof(id));
+			journal_request(e, CHUNKD_JREC_DELETE, i, owner, h->ticket, id, NULL);
 			on_delete(e, id, h->ticket, i, owner);
 			continue;
 		} else {
@@ -713,9 +778,10 @@ static int intake_client(struct engine *e, uint32_t i, uint64_t owner, uint32_t 
 		chunkd__fetch_add(&cl->d.rejected, 1, __ATOMIC_RELAXED);
 		post(e, i, owner, h->ticket, -EINVAL);
 	}
+	/* The ring space is freed (sq_head stored) only once these records are durable in the
+	 * journal: see commit_done(). A crash before that leaves them in the ring, where the next
+	 * daemon reads them again (and skips those its journal replay already has). */
 	e->head[i] = head;
-	/* Frees the ring space; pairs with the client's acquire load of sq_head. */
-	chunkd__store_release(&cl->d.sq_head, head);
 	return more;
 }
 
@@ -734,13 +800,33 @@ void chunkd__engine_intake(struct engine *e)
 	}
 }
 
-void chunkd__engine_client_gone(struct engine *e, uint32_t client)
+/* Reset a reclaimed client's ring and tickets and free its slot. */
+static void finish_gone(struct engine *e, uint32_t client)
 {
 	struct chunkd_req_client *cl = chunkd__req_client(&e->in->req, client);
+	e->gone[client] = 0;
+	e->head[client] = 0;
+	e->ring_gen[client]++;
+	e->replay_owner[client] = 0;
+	chunkd__store_relaxed(&cl->ctl.sq_tail, 0);
+	chunkd__store_relaxed(&cl->d.sq_head, 0);
+	for (uint32_t t = 0; t < CHUNKD_TICKETS; t++) {
+		chunkd__store_relaxed(&cl->tickets[t].done, 0);
+		chunkd__store_relaxed(&cl->tickets[t].result, 0);
+	}
+	/* seq_cst: the reset ring precedes the free owner word for the next client's CAS. */
+	chunkd__store_seq_cst(&cl->ctl.owner, 0);
+}
+
+void chunkd__engine_client_gone(struct engine *e, uint32_t client)
+{
 	/* Accepted requests are never lost: take everything still in the ring. Results go
 	 * nowhere (owner 0 never matches a live slot). */
+	uint64_t owner = e->replay_owner[client];
+	e->replay_owner[client] = 0; /* the slot's owner word is RECLAIM now */
 	while (intake_client(e, client, 0, UINT32_MAX))
 		;
+	(void)owner;
 	/* Forget the client's waiters; their jobs go on. */
 	for (uint32_t s = 0; s < e->cat->cap; s++) {
 		struct job *j = e->jobs[s];
@@ -755,14 +841,12 @@ void chunkd__engine_client_gone(struct engine *e, uint32_t client)
 	for (uint32_t p = 0; p < e->nposts; p++)
 		if (e->posts[p].client == client)
 			e->posts[p].owner = 0;
-	/* Reset the ring and the ticket table for the next owner. */
-	e->head[client] = 0;
-	chunkd__store_relaxed(&cl->ctl.sq_tail, 0);
-	chunkd__store_relaxed(&cl->d.sq_head, 0);
-	for (uint32_t t = 0; t < CHUNKD_TICKETS; t++) {
-		chunkd__store_relaxed(&cl->tickets[t].done, 0);
-		chunkd__store_relaxed(&cl->tickets[t].result, 0);
-	}
+	/* The slot is freed once what we just took is durable: until then a crash must find the
+	 * records still in the ring. */
+	e->gone[client] = 1;
+	e->gone_seq[client] = chunkd__journal_last_seq(e->jr);
+	if (!e->commit_inflight && chunkd__journal_durable_seq(e->jr) >= e->gone_seq[client])
+		finish_gone(e, client);
 }
 
 void chunkd__engine_pins_changed(struct engine *e)
@@ -1553,8 +1637,11 @@ static void job_fail_or_cancel_done(struct engine *e, struct job *j)
 		return;
 	}
 	post_waiters(e, j, -ECANCELED);
+	uint64_t id[4];
+	memcpy(id, j->desc.id, sizeof(id));
 	job_free(e, j);
 	slot_free(e, slot);
+	journal_forget_delete(e, id);
 }
 
 /* ---- removal of deleted chunks ------------------------------------------------------------ */
@@ -1668,8 +1755,12 @@ static void removal_done(struct engine *e, struct job *j)
 	j->waiters = NULL;
 	j->nwaiters = 0;
 	log_info("removed chunk slot %u: %s", slot, j->desc.path);
+	uint64_t id[4];
+	memcpy(id, j->desc.id, sizeof(id));
 	job_free(e, j);
 	slot_free(e, slot);
+	if (!dl)
+		journal_forget_delete(e, id);
 	if (dl) {
 		int r = new_download(e, dl, ws, nws);
 		if (r < 0)
@@ -1846,12 +1937,97 @@ uint64_t chunkd__engine_run(struct engine *e)
 	return deadline;
 }
 
+/* Store the ring heads the journal has made durable: the clients may reuse that space. */
+static void release_heads(struct engine *e, const uint64_t *heads, const uint32_t *gens)
+{
+	for (uint32_t c = 0; c < e->nclients; c++) {
+		if (gens && gens[c] != e->ring_gen[c])
+			continue; /* the ring was reset meanwhile */
+		struct chunkd_req_client *cl = chunkd__req_client(&e->in->req, c);
+		uint64_t h = heads ? heads[c] : e->head[c];
+		if (chunkd__load_relaxed(&cl->d.sq_head) != h)
+			/* Frees the ring space; pairs with the client's acquire load of sq_head. */
+			chunkd__store_release(&cl->d.sq_head, h);
+	}
+	for (uint32_t c = 0; c < e->nclients; c++)
+		if (e->gone[c] && chunkd__journal_durable_seq(e->jr) >= e->gone_seq[c])
+			finish_gone(e, c);
+}
+
+static void on_commit(struct loop *l, struct op *op, int res, uint32_t flags)
+{
+	struct engine *e = l->eng;
+	if (res < 0 && e->commit_res == 0)
+		e->commit_res = res;
+	if (--e->commit_inflight)
+		return; /* the write and the fdatasync complete separately */
+	chunkd__journal_end_commit(e->jr, e->commit_res);
+	if (e->commit_res < 0) {
+		log_error("journal: commit failed: %s; stopping", strerror(-e->commit_res));
+		e->fatal = 1;
+		return;
+	}
+	release_heads(e, e->head_commit, e->gen_commit);
+}
+
+/* Group commit: everything journaled in this iteration is written and fdatasynced together,
+ * through io_uring, one commit in flight at a time. */
+static void commit(struct engine *e)
+{
+	const void *buf;
+	size_t len;
+	uint64_t off;
+	if (e->commit_inflight || e->fatal || chunkd__journal_pending(e->jr, &buf, &len, &off) < 0)
+		return;
+	if (len == 0) {
+		/* Nothing waits for the disk: the rings' read positions are final already. */
+		release_heads(e, NULL, NULL);
+		return;
+	}
+	if (chunkd__journal_should_compact(e->jr)) {
+		/* Synchronous: compaction first makes everything pending durable. */
+		int r = chunkd__journal_compact(e->jr);
+		if (r < 0) {
+			log_error("journal: compaction failed: %s", strerror(-r));
+			if (r != -EBUSY && r != -ENOMEM && r != -EIO)
+				e->fatal = 1;
+		} else {
+			struct chunkd_journal_stats st;
+			chunkd__journal_stats(e->jr, &st);
+			log_info("journal: compacted to %llu live records, %llu bytes",
+				 (unsigned long long)st.live_records, (unsigned long long)st.file_bytes);
+			release_heads(e, NULL, NULL);
+			return;
+		}
+	}
+	if (chunkd__journal_begin_commit(e->jr) < 0)
+		return;
+	memcpy(e->head_commit, e->head, sizeof(*e->head) * e->nclients);
+	memcpy(e->gen_commit, e->ring_gen, sizeof(*e->ring_gen) * e->nclients);
+	e->commit_op.fn = on_commit;
+	e->commit_res = 0;
+	int fd = chunkd__journal_fd(e->jr);
+	struct io_uring_sqe *sqe = chunkd__loop_sqe(e->l, &e->commit_op);
+	io_uring_prep_write(sqe, fd, buf, (unsigned)len, off);
+	sqe->flags |= IOSQE_IO_LINK;
+	sqe = chunkd__loop_sqe(e->l, &e->commit_op);
+	io_uring_prep_fsync(sqe, fd, IORING_FSYNC_DATASYNC);
+	e->commit_inflight = 2;
+}
+
 void chunkd__engine_flush(struct engine *e)
 {
 	/* Publish first: a result says "findable" or "unfindable" only once the index does. */
 	chunkd__catalog_flush(e->cat);
+	commit(e);
+	uint64_t durable = chunkd__journal_durable_seq(e->jr);
+	uint32_t keep = 0;
 	for (uint32_t i = 0; i < e->nposts; i++) {
 		struct post *p = &e->posts[i];
+		if (p->seq > durable) {
+			e->posts[keep++] = *p; /* its request is not durable yet */
+			continue;
+		}
 		if (p->owner == 0 || p->client >= e->nclients)
 			continue;
 		struct chunkd_req_client *cl = chunkd__req_client(&e->in->req, p->client);
@@ -1859,12 +2035,16 @@ void chunkd__engine_flush(struct engine *e)
 		if (owner != p->owner)
 			continue; /* that client is gone; its slot may belong to another now */
 		struct chunkd_ticket_slot *t = &cl->tickets[p->ticket % CHUNKD_TICKETS];
+		/* Answered already (a replayed request), or the entry belongs to a later ticket:
+		 * never overwrite it. Only the daemon writes done, so this check is not racy. */
+		if (chunkd__load_relaxed(&t->done) >= p->ticket)
+			continue;
 		chunkd__store_relaxed(&t->result, p->result);
 		/* Pairs with the client's acquire load of done in chunkd_wait. */
 		chunkd__store_release(&t->done, p->ticket);
 		e->woken[p->client] = 1;
 	}
-	e->nposts = 0;
+	e->nposts = keep;
 	for (uint32_t c = 0; c < e->nclients; c++) {
 		if (!e->woken[c])
 			continue;
@@ -1874,6 +2054,11 @@ void chunkd__engine_flush(struct engine *e)
 		chunkd__fetch_add(&cl->d.cq_seq, 1, __ATOMIC_RELEASE);
 		syscall(SYS_futex, &cl->d.cq_seq, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
 	}
+}
+
+int chunkd__engine_fatal(struct engine *e)
+{
+	return e->fatal;
 }
 
 /* Stop a running download so that a later daemon can resume it: stop the sources, let the
@@ -1939,7 +2124,202 @@ int chunkd__engine_quiesce(struct engine *e)
 	for (struct job *j = e->run_list; j; j = j->next_run)
 		if (j->inflight)
 			return 0;
-	return chunkd__http_idle(e);
+	if (e->commit_inflight || !chunkd__http_idle(e))
+		return 0;
+	/* Everything taken from the rings is durable before we go, and the rings say so. */
+	if (chunkd__journal_sync(e->jr) == 0)
+		release_heads(e, NULL, NULL);
+	chunkd__engine_flush(e);
+	return 1;
+}
+
+
+/* ---- start-up: journal replay ---------------------------------------------------------------- */
+
+/* The entry for id in the replay table (linear search is too slow for 100k ids: a hash of
+ * indexes into e->rp, grown as needed). */
+
+static uint32_t rp_hash(const uint64_t id[4])
+{
+	return (uint32_t)(((id[0] ^ id[1] ^ id[2] ^ id[3]) * 0x9E3779B97F4A7C15ull) >> 32);
+}
+
+static struct replayed *rp_get(struct engine *e, const uint64_t id[4])
+{
+	if (!e->rpi_slots || 2 * (e->nrp + 1) > e->rpi_mask + 1) {
+		uint32_t cap = e->rpi_slots ? 2 * (e->rpi_mask + 1) : 1024;
+		uint32_t *ns = calloc(cap, sizeof(*ns));
+		if (!ns)
+			return NULL;
+		for (uint32_t i = 0; i < e->nrp; i++) {
+			uint32_t h = rp_hash(e->rp[i].id) & (cap - 1);
+			while (ns[h])
+				h = (h + 1) & (cap - 1);
+			ns[h] = i + 1;
+		}
+		free(e->rpi_slots);
+		e->rpi_slots = ns;
+		e->rpi_mask = cap - 1;
+	}
+	uint32_t h = rp_hash(id) & e->rpi_mask;
+	for (; e->rpi_slots[h]; h = (h + 1) & e->rpi_mask)
+		if (!chunkd__id_cmp(e->rp[e->rpi_slots[h] - 1].id, id))
+			return &e->rp[e->rpi_slots[h] - 1];
+	if (e->nrp == e->caprp) {
+		uint32_t nc = e->caprp ? 2 * e->caprp : 1024;
+		struct replayed *p = realloc(e->rp, sizeof(*p) * nc);
+		if (!p)
+			return NULL;
+		e->rp = p;
+		e->caprp = nc;
+	}
+	struct replayed *p = &e->rp[e->nrp];
+	memset(p, 0, sizeof(*p));
+	memcpy(p->id, id, sizeof(p->id));
+	e->rpi_slots[h] = ++e->nrp;
+	return p;
+}
+
+static void rp_post_all(struct engine *e, struct replayed *p, int result)
+{
+	for (uint32_t i = 0; i < p->nw; i++)
+		post(e, p->w[i].client, p->w[i].owner, p->w[i].ticket, result);
+	p->nw = 0;
+}
+
+static int rp_add_waiter(struct replayed *p, const struct chunkd_jrec *r)
+{
+	if (p->nw == p->capw) {
+		uint32_t nc = p->capw ? 2 * p->capw : 2;
+		struct waiter *w = realloc(p->w, sizeof(*w) * nc);
+		if (!w)
+			return -ENOMEM;
+		p->w = w;
+		p->capw = nc;
+	}
+	p->w[p->nw++] = (struct waiter){r->client, r->owner, r->ticket};
+	return 0;
+}
+
+/* Replay callback: fold the journal into the last request per id, with the requesters who may
+ * still be waiting for it. Results superseded within the journal are posted as they were then
+ * (a ticket already answered is never overwritten, see chunkd__engine_flush). */
+static int replay_cb(const struct chunkd_jrec *r, void *arg)
+{
+	struct engine *e = arg;
+	if (r->client < e->nclients) {
+		e->replay_owner[r->client] = r->owner;
+		e->replay_ticket[r->client] = r->ticket;
+	}
+	struct replayed *p = rp_get(e, r->id);
+	if (!p)
+		return -ENOMEM;
+	p->order = ++e->replay_order;
+	if (r->type == CHUNKD_JREC_DELETE) {
+		rp_post_all(e, p, p->type == CHUNKD_JREC_DOWNLOAD ? -ECANCELED : 0);
+		free(p->dl);
+		p->dl = NULL;
+		p->type = CHUNKD_JREC_DELETE;
+		return rp_add_waiter(p, r);
+	}
+	if (p->type == CHUNKD_JREC_DOWNLOAD && same_desc_dl(p->dl, r->dl)) {
+		struct chunkd_dl *d = dl_dup(r->dl); /* the latest URLs */
+		if (!d)
+			return -ENOMEM;
+		free(p->dl);
+		p->dl = d;
+		return rp_add_waiter(p, r);
+	}
+	if (p->type == CHUNKD_JREC_DOWNLOAD) {
+		post(e, r->client, r->owner, r->ticket, -EEXIST);
+		return 0;
+	}
+	rp_post_all(e, p, 0); /* a delete reached its goal before this download */
+	p->type = CHUNKD_JREC_DOWNLOAD;
+	p->dl = dl_dup(r->dl);
+	if (!p->dl)
+		return -ENOMEM;
+	return rp_add_waiter(p, r);
+}
+
+static int rp_order_cmp(const void *a, const void *b)
+{
+	const struct replayed *x = a, *y = b;
+	return x->order < y->order ? -1 : x->order > y->order;
+}
+
+/* Apply the replayed desired state, in journal order, through the same paths as live
+ * requests (they are idempotent: a published chunk answers 0, an unknown delete answers 0). */
+static void replay_apply(struct engine *e)
+{
+	qsort(e->rp, e->nrp, sizeof(*e->rp), rp_order_cmp);
+	free(e->rpi_slots);
+	e->rpi_slots = NULL;
+	uint32_t downloads = 0, deletes = 0;
+	for (uint32_t i = 0; i < e->nrp; i++) {
+		struct replayed *p = &e->rp[i];
+		struct waiter none = {UINT32_MAX, 0, 0};
+		uint32_t nw = p->nw ? p->nw : 1;
+		for (uint32_t k = 0; k < nw; k++) {
+			const struct waiter *w = p->nw ? &p->w[k] : &none;
+			if (p->type == CHUNKD_JREC_DOWNLOAD) {
+				p->dl->ticket = w->ticket;
+				on_download(e, p->dl, w->client, w->owner);
+			} else {
+				on_delete(e, p->id, w->ticket, w->client, w->owner);
+			}
+		}
+		if (p->type == CHUNKD_JREC_DOWNLOAD)
+			downloads++;
+		else
+			deletes++;
+		free(p->dl);
+		free(p->w);
+	}
+	free(e->rp);
+	e->rp = NULL;
+	e->nrp = e->caprp = 0;
+	if (downloads || deletes)
+		log_info("journal: %u chunks wanted present, %u wanted absent", downloads, deletes);
+}
+
+/* Staging entries of downloads nobody wants any more go; the others are resumed. */
+static void purge_staging(struct engine *e)
+{
+	int fd = dup(e->staging_fd);
+	DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
+	if (!d)
+		return;
+	struct dirent *de;
+	uint32_t kept = 0, removed = 0;
+	while ((de = readdir(d))) {
+		if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
+			continue;
+		uint8_t id8[32];
+		uint64_t id[4];
+		int keep = strlen(de->d_name) >= 64 &&
+			   chunkd__hex_decode(de->d_name, 64, id8) == 0 &&
+			   (de->d_name[64] == '\0' || !strcmp(de->d_name + 64, ".resume"));
+		if (keep) {
+			memcpy(id, id8, sizeof(id));
+			int slot = chunkd__catalog_lookup(e->cat, id);
+			struct job *j = slot >= 0 ? e->jobs[slot] : NULL;
+			keep = j && j->want_present && j->state == J_QUEUED;
+		}
+		if (keep) {
+			kept++;
+			continue;
+		}
+		int r = chunkd__rm_tree_at(e->staging_fd, de->d_name);
+		if (r < 0)
+			log_warn("staging/%s: cannot remove: %s", de->d_name, strerror(-r));
+		else
+			removed++;
+	}
+	closedir(d);
+	if (kept || removed)
+		log_info("staging: kept %u entr%s to resume, removed %u unwanted", kept,
+			 kept == 1 ? "y" : "ies", removed);
 }
 
 int chunkd__engine_create(struct loop *l, const struct engine_config *cfg, struct engine **out)
@@ -1962,13 +2342,21 @@ int chunkd__engine_create(struct loop *l, const struct engine_config *cfg, struc
 	e->jobs = calloc(e->cat->cap, sizeof(*e->jobs));
 	e->woken = calloc(e->nclients, 1);
 	e->head = calloc(e->nclients, sizeof(*e->head));
+	e->head_commit = calloc(e->nclients, sizeof(*e->head_commit));
+	e->ring_gen = calloc(e->nclients, sizeof(*e->ring_gen));
+	e->gen_commit = calloc(e->nclients, sizeof(*e->gen_commit));
+	e->gone_seq = calloc(e->nclients, sizeof(*e->gone_seq));
+	e->gone = calloc(e->nclients, 1);
+	e->replay_owner = calloc(e->nclients, sizeof(*e->replay_owner));
+	e->replay_ticket = calloc(e->nclients, sizeof(*e->replay_ticket));
 	e->rec = malloc(CHUNKD_REC_MAX);
 	e->dl_scratch = malloc(sizeof(*e->dl_scratch));
 	e->ds = calloc(dscap, sizeof(*e->ds));
 	e->bufs = calloc(cfg->buffers, sizeof(*e->bufs));
 	e->buf_mem = malloc((size_t)cfg->buffers * WBUF_SIZE);
 	if (!e->jobs || !e->woken || !e->head || !e->rec || !e->dl_scratch || !e->ds || !e->bufs ||
-	    !e->buf_mem)
+	    !e->buf_mem || !e->head_commit || !e->ring_gen || !e->gen_commit || !e->gone_seq ||
+	    !e->gone || !e->replay_owner || !e->replay_ticket)
 		goto err;
 	for (uint32_t i = 0; i < cfg->buffers; i++) {
 		e->bufs[i].data = e->buf_mem + (size_t)i * WBUF_SIZE;
@@ -2006,6 +2394,26 @@ int chunkd__engine_create(struct loop *l, const struct engine_config *cfg, struc
 	r = chunkd__http_init(e, cfg);
 	if (r < 0)
 		goto err;
+	/* The request journal: replay it into the desired state, then resume or purge staging. */
+	struct chunkd_journal_stats js;
+	r = chunkd__journal_open(e->in->data_fd, &e->jr, replay_cb, e, &js);
+	if (r < 0) {
+		log_error("journal %s/journal: %s%s%s", e->in->data_dir, strerror(-r),
+			  js.why[0] ? ": " : "", js.why);
+		goto err;
+	}
+	if (js.cut == CHUNKD_JOURNAL_CUT_TORN)
+		log_warn("journal: torn tail, truncated %llu bytes at offset %llu",
+			 (unsigned long long)js.cut_bytes, (unsigned long long)js.cut_offset);
+	else if (js.cut == CHUNKD_JOURNAL_CUT_CORRUPT)
+		log_error("journal: corrupt record at offset %llu (%s): replay stops there, "
+			  "truncated %llu bytes", (unsigned long long)js.cut_offset, js.why,
+			  (unsigned long long)js.cut_bytes);
+	log_info("journal: replayed %llu records (%llu live) in %.1f ms",
+		 (unsigned long long)js.records, (unsigned long long)js.live_records,
+		 (double)js.replay_ns / 1e6);
+	replay_apply(e);
+	purge_staging(e);
 	*out = e;
 	return 0;
 err:
@@ -2035,6 +2443,21 @@ void chunkd__engine_destroy(struct engine *e)
 	free(e->jobs);
 	free(e->woken);
 	free(e->head);
+	free(e->head_commit);
+	free(e->ring_gen);
+	free(e->gen_commit);
+	free(e->gone_seq);
+	free(e->gone);
+	free(e->replay_owner);
+	free(e->replay_ticket);
+	for (uint32_t i = 0; i < e->nrp; i++) {
+		free(e->rp[i].dl);
+		free(e->rp[i].w);
+	}
+	free(e->rp);
+	free(e->rpi_slots);
+	e->rpi_slots = NULL;
+	chunkd__journal_close(e->jr);
 	free(e->rec);
 	free(e->dl_scratch);
 	free(e->ds);

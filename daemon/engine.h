@@ -49,4 +49,7 @@ void chunkd__engine_flush(struct engine *e);
 /* Stop taking new work; returns 1 once nothing is in flight (the loop keeps running until). */
 int chunkd__engine_quiesce(struct engine *e);
 
+/* 1 if the engine cannot go on safely (the journal failed): the daemon must stop. */
+int chunkd__engine_fatal(struct engine *e);
+
 #endif

@@ -324,7 +324,7 @@ int chunkd__instance_open(struct instance *in, const char *name, const char *dat
 	r = resolve_data_dir(data_dir, in->data_dir);
 	if (r < 0)
 		return r;
-	in->data_fd = open(in->data_dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
+	in->data_fd = open(in->data_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (in->data_fd < 0) {
 		r = -errno;
 		log_error("data dir %s: %s", in->data_dir, strerror(-r));

@@ -13,7 +13,7 @@
 struct instance {
 	char name[CHUNKD_NAME_MAX + 1];
 	char data_dir[CHUNKD_DATA_DIR_MAX]; /* absolute, no trailing slash */
-	int data_fd;                        /* O_PATH|O_DIRECTORY of data_dir */
+	int data_fd;                        /* data_dir, O_RDONLY|O_DIRECTORY (fsyncable) */
 	int dir_lock_fd;
 	int name_lock_fd;
 	struct chunkd_cat_map cat;

@@ -103,16 +103,16 @@ static void reap(struct daemon_loop *d, uint32_t i, uint64_t owner)
 	uint64_t expect = owner;
 	if (!chunkd__cas_seq_cst(&cl->ctl.owner, &expect, CHUNKD_OWNER_RECLAIM))
 		return;
-	chunkd__engine_client_gone(d->l.eng, i);
 	uint32_t held = chunkd__pins_held(cl);
 	for (uint32_t p = 0; p < CHUNKD_PINS_PER_CLIENT; p++)
-		chunkd__store_relaxed(&cl->pins[p], 0);
+		chunkd__store_seq_cst(&cl->pins[p], 0);
 	chunkd__store_relaxed(&cl->ctl.attach_ns, 0);
-	/* seq_cst: the cleared pins and the reset ring precede the free owner word. */
-	chunkd__store_seq_cst(&cl->ctl.owner, 0);
+	/* The engine takes what is left in the ring and frees the slot (owner word 0) once those
+	 * requests are durable in the journal. */
+	chunkd__engine_client_gone(d->l.eng, i);
 	if (owner & CHUNKD_OWNER_CLOSED)
 		log_debug("client pid %d (slot %u) closed", (int)CHUNKD_OWNER_PID(owner), i);
-	else
+	else if (owner != CHUNKD_OWNER_RECLAIM)
 		log_info("client pid %d (slot %u) is gone; dropped its %u pin%s",
 			 (int)CHUNKD_OWNER_PID(owner), i, held, held == 1 ? "" : "s");
 	if (held)
@@ -216,7 +216,8 @@ static void on_doorbell(struct loop *l, struct op *op, int res, uint32_t flags)
 	arm_poll(l, &d->bell.op, d->bell.fd);
 }
 
-int chunkd__loop_run(struct instance *in, struct catalog *cat, const struct engine_config *cfg)
+int chunkd__loop_run(struct instance *in, struct catalog *cat, const struct engine_config *cfg,
+		     void (*on_ready)(void *arg), void *ready_arg)
 {
 	struct daemon_loop *d = calloc(1, sizeof(*d));
 	if (!d)
@@ -270,10 +271,17 @@ int chunkd__loop_run(struct instance *in, struct catalog *cat, const struct engi
 	arm_poll(l, &d->bell.op, d->bell.fd);
 	sync_clients(d);
 	chunkd__engine_intake(l->eng);
+	chunkd__engine_flush(l->eng);
+	if (on_ready)
+		on_ready(ready_arg);
 	int quiesced = 0;
 	while (!quiesced) {
 		uint64_t deadline = chunkd__engine_run(l->eng);
 		chunkd__engine_flush(l->eng);
+		if (chunkd__engine_fatal(l->eng) && !l->stopping) {
+			log_error("stopping: requests can no longer be made durable");
+			l->stopping = 2;
+		}
 		if (l->stopping && chunkd__engine_quiesce(l->eng)) {
 			quiesced = 1;
 			break;
@@ -306,7 +314,7 @@ int chunkd__loop_run(struct instance *in, struct catalog *cat, const struct engi
 				op->fn(l, op, res, fl);
 		}
 	}
-	r = 0;
+	r = l->stopping == 2 ? -EIO : 0;
 	chunkd__store_release(&in->cat.hdr->state, (uint32_t)CHUNKD_STATE_STOPPING);
 
 	/* Pairs with the acquire load in waker_main. */

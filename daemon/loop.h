@@ -43,7 +43,10 @@ struct io_uring_sqe *chunkd__loop_sqe(struct loop *l, struct op *op);
 /* Run until SIGTERM or SIGINT. The caller has blocked those signals in every thread.
  * Returns 0, or a negative errno if the loop could not be set up. */
 struct engine_config;
-int chunkd__loop_run(struct instance *in, struct catalog *cat, const struct engine_config *cfg);
+/* on_ready(arg) is called once the engine replayed the journal and the first index is
+ * published, before the first wait. */
+int chunkd__loop_run(struct instance *in, struct catalog *cat, const struct engine_config *cfg,
+		     void (*on_ready)(void *arg), void *arg);
 
 /* Monotonic clock in milliseconds. */
 uint64_t chunkd__mono_ms(void);

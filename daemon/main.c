@@ -64,6 +64,32 @@ static int parse_u32(const char *opt, const char *s, uint32_t min, uint32_t max,
 	return 0;
 }
 
+struct ready_ctx {
+	struct instance *in;
+	struct scan_stats *st;
+	struct timespec *t0;
+};
+
+/* Called by the loop once the disk scan, the journal replay and the first index publication are
+ * done: only then does the instance say READY. */
+static void on_ready(void *arg)
+{
+	struct ready_ctx *rc = arg;
+	struct instance *in = rc->in;
+	struct scan_stats *st = rc->st;
+	struct timespec t1;
+	/* Pairs with acquire loads of state by clients and tools (chunkd_info, chunkd-dump). */
+	chunkd__store_release(&in->cat.hdr->state, (uint32_t)CHUNKD_STATE_READY);
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	double ms = (double)(t1.tv_sec - rc->t0->tv_sec) * 1e3 +
+		    (double)(t1.tv_nsec - rc->t0->tv_nsec) / 1e6;
+	log_info("ready: instance '%s', data dir %s: %u chunks in %u datasets (%.1f GB), %u "
+		 "malformed skipped, %u overlapping skipped, %u leftovers purged, %u stale slots "
+		 "dropped, in %.0f ms",
+		 in->name, in->data_dir, st->published, st->datasets, (double)st->bytes / 1e9,
+		 st->skipped, st->overlaps, st->purged, st->dropped, ms);
+}
+
 int main(int argc, char **argv)
 {
 	static const struct option opts[] = {
@@ -200,7 +226,7 @@ int main(int argc, char **argv)
 	pthread_sigmask(SIG_BLOCK, &set, NULL);
 	signal(SIGPIPE, SIG_IGN);
 
-	struct timespec t0, t1;
+	struct timespec t0;
 	clock_gettime(CLOCK_MONOTONIC, &t0);
 	struct instance in;
 	if (chunkd__instance_open(&in, name, data_dir, max_chunks, max_clients) < 0)
@@ -218,17 +244,8 @@ int main(int argc, char **argv)
 		chunkd__instance_close(&in);
 		return 1;
 	}
-	/* Pairs with acquire loads of state by clients and tools (chunkd_info, chunkd-dump). */
-	chunkd__store_release(&in.cat.hdr->state, (uint32_t)CHUNKD_STATE_READY);
-	clock_gettime(CLOCK_MONOTONIC, &t1);
-	double ms = (double)(t1.tv_sec - t0.tv_sec) * 1e3 + (double)(t1.tv_nsec - t0.tv_nsec) / 1e6;
-	log_info("ready: instance '%s', data dir %s: %u chunks in %u datasets (%.1f GB), %u "
-		 "malformed skipped, %u overlapping skipped, %u leftovers purged, %u stale slots "
-		 "dropped, in %.0f ms",
-		 in.name, in.data_dir, st.published, st.datasets, (double)st.bytes / 1e9, st.skipped,
-		 st.overlaps, st.purged, st.dropped, ms);
-
-	int r = chunkd__loop_run(&in, &cat, &cfg);
+	struct ready_ctx rc = {&in, &st, &t0};
+	int r = chunkd__loop_run(&in, &cat, &cfg, on_ready, &rc);
 	chunkd__catalog_free_all(&cat);
 	chunkd__instance_close(&in);
 	log_info("stopped");

@@ -89,7 +89,9 @@ int chunkd__store_prepare(struct instance *in, struct scan_stats *st)
 			return -e;
 		}
 	}
-	for (int i = 1; i < 3; i++) {
+	/* staging/ is left to the engine: after the journal's replay it resumes the downloads
+	 * still wanted and removes the rest. */
+	for (int i = 2; i < 3; i++) {
 		int n = purge_dir(in, subs[i]);
 		if (n < 0) {
 			log_error("%s/%s: %s", in->data_dir, subs[i], strerror(-n));

@@ -21,7 +21,7 @@ struct scan_stats {
 	uint64_t bytes;     /* bytes in published chunks */
 };
 
-/* Create chunks/, staging/ and trash/ if missing, and empty staging/ and trash/. */
+/* Create chunks/, staging/ and trash/ if missing, and empty trash/ (deleted, unpinned chunks). */
 int chunkd__store_prepare(struct instance *in, struct scan_stats *st);
 
 /* Scan chunks/ with `threads` threads and publish every well-formed chunk into `cat`.
