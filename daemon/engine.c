@@ -55,6 +55,18 @@ enum job_state {
 
 enum { RUN_DOWNLOAD = 1, RUN_DELETE = 2 };
 
+/* A download descriptor as the engine keeps it: packed in one allocation (dl_pack). */
+struct dlc {
+	uint64_t ticket;
+	uint64_t id[4], dataset[4];
+	uint64_t first_block, end_block;
+	uint32_t nfiles;
+	struct dlc_file {
+		char *name;
+		char *url;
+	} files[];
+};
+
 struct waiter {
 	uint32_t client;
 	uint64_t owner;
@@ -66,7 +78,7 @@ struct job {
 	uint32_t slot;
 	enum job_state state;
 	int want_present;
-	struct chunkd_dl *dl; /* descriptor of the download (NULL for a condemned chunk) */
+	struct dlc *dl; /* descriptor of the download (NULL for a condemned chunk) */
 	struct chunkd_slot_copy desc; /* private copy of the slot's seqlocked fields */
 	struct xfer *x;
 	uint32_t files_done;
@@ -101,7 +113,7 @@ struct post {
 struct replayed {
 	uint64_t id[4];
 	uint32_t type;      /* CHUNKD_JREC_DOWNLOAD or CHUNKD_JREC_DELETE */
-	struct chunkd_dl *dl; /* DOWNLOAD: the last descriptor */
+	struct dlc *dl; /* DOWNLOAD: the last descriptor */
 	struct waiter *w;   /* requesters still waiting for this desired state */
 	uint32_t nw, capw;
 	uint64_t order;     /* position of its last record, to apply in journal order */
@@ -470,7 +482,7 @@ static void slot_free(struct engine *e, uint32_t slot)
 
 /* ---- requests ----------------------------------------------------------------------------- */
 
-static void make_rel_path(const struct chunkd_dl *dl, char *out, size_t outlen)
+static void make_rel_path(const struct dlc *dl, char *out, size_t outlen)
 {
 	char ds[65], id[65];
 	chunkd__hex_encode((const uint8_t *)dl->dataset, 32, ds);
@@ -480,7 +492,7 @@ static void make_rel_path(const struct chunkd_dl *dl, char *out, size_t outlen)
 }
 
 /* Same chunk? Dataset, range and file names in order; URLs may differ (mirrors). */
-static int same_desc_dl(const struct chunkd_dl *a, const struct chunkd_dl *b)
+static int same_desc_dl(const struct dlc *a, const struct dlc *b)
 {
 	if (chunkd__id_cmp(a->dataset, b->dataset) || a->first_block != b->first_block ||
 	    a->end_block != b->end_block || a->nfiles != b->nfiles)
@@ -492,7 +504,7 @@ static int same_desc_dl(const struct chunkd_dl *a, const struct chunkd_dl *b)
 }
 
 /* Compare a request with a published chunk: its slot and its metadata file. */
-static int same_desc_published(struct engine *e, uint32_t slot, const struct chunkd_dl *dl)
+static int same_desc_published(struct engine *e, uint32_t slot, const struct dlc *dl)
 {
 	struct chunkd_slot_copy s;
 	if (chunkd__slot_read(&e->cat->cat->slots[slot], &s) < 0)
@@ -512,19 +524,58 @@ static int same_desc_published(struct engine *e, uint32_t slot, const struct chu
 	return same;
 }
 
-/* A copy holding only the descriptor's nfiles files: a full struct chunkd_dl is ~280 KiB. */
-static struct chunkd_dl *dl_dup(const struct chunkd_dl *dl)
+/* Pack a descriptor into one allocation sized to its strings. */
+static struct dlc *dl_pack_files(const struct dlc *hdr, const char *const *names,
+				 const char *const *urls)
 {
-	size_t n = offsetof(struct chunkd_dl, files) + dl->nfiles * sizeof(dl->files[0]);
-	struct chunkd_dl *p = malloc(n);
-	if (p)
-		memcpy(p, dl, n);
+	size_t n = sizeof(struct dlc) + hdr->nfiles * sizeof(hdr->files[0]);
+	for (uint32_t i = 0; i < hdr->nfiles; i++)
+		n += strlen(names[i]) + strlen(urls[i]) + 2;
+	struct dlc *p = malloc(n);
+	if (!p)
+		return NULL;
+	*p = *hdr;
+	char *q = (char *)&p->files[hdr->nfiles];
+	for (uint32_t i = 0; i < hdr->nfiles; i++) {
+		size_t a = strlen(names[i]) + 1, b = strlen(urls[i]) + 1;
+		p->files[i].name = memcpy(q, names[i], a);
+		p->files[i].url = memcpy(q + a, urls[i], b);
+		q += a + b;
+	}
 	return p;
+}
+
+static struct dlc *dl_dup(const struct dlc *dl)
+{
+	const char *names[CHUNKD_MAX_FILES] = {0}, *urls[CHUNKD_MAX_FILES] = {0};
+	for (uint32_t i = 0; i < dl->nfiles; i++) {
+		names[i] = dl->files[i].name;
+		urls[i] = dl->files[i].url;
+	}
+	return dl_pack_files(dl, names, urls);
+}
+
+/* The compact copy of a decoded descriptor (struct chunkd_dl is ~280 KiB of fixed arrays). */
+static struct dlc *dl_pack(const struct chunkd_dl *d)
+{
+	struct dlc hdr;
+	const char *names[CHUNKD_MAX_FILES] = {0}, *urls[CHUNKD_MAX_FILES] = {0};
+	hdr.ticket = d->ticket;
+	memcpy(hdr.id, d->id, sizeof(hdr.id));
+	memcpy(hdr.dataset, d->dataset, sizeof(hdr.dataset));
+	hdr.first_block = d->first_block;
+	hdr.end_block = d->end_block;
+	hdr.nfiles = d->nfiles;
+	for (uint32_t i = 0; i < d->nfiles; i++) {
+		names[i] = d->files[i].name;
+		urls[i] = d->files[i].url;
+	}
+	return dl_pack_files(&hdr, names, urls);
 }
 
 /* Allocate a slot and a queued job for a new download, waited for by ws[0..nws). Returns 0 or
  * a negative errno (then the caller owns the waiters' results). */
-static int new_download(struct engine *e, const struct chunkd_dl *dl, const struct waiter *ws,
+static int new_download(struct engine *e, const struct dlc *dl, const struct waiter *ws,
 			uint32_t nws)
 {
 	if (dsv_overlaps(e, dl->dataset, dl->first_block, dl->end_block))
@@ -546,7 +597,7 @@ static int new_download(struct engine *e, const struct chunkd_dl *dl, const stru
 	if (slot < 0)
 		return slot;
 	struct job *j = job_new(e, (uint32_t)slot);
-	struct chunkd_dl *copy = dl_dup(dl);
+	struct dlc *copy = dl_dup(dl);
 	if (!j || !copy || dsv_add(e, dl->dataset, dl->first_block, dl->end_block,
 				   (uint32_t)slot) < 0) {
 		free(copy);
@@ -567,7 +618,7 @@ static int new_download(struct engine *e, const struct chunkd_dl *dl, const stru
 	return 0;
 }
 
-static void on_download(struct engine *e, const struct chunkd_dl *dl, uint32_t client,
+static void on_download(struct engine *e, const struct dlc *dl, uint32_t client,
 			uint64_t owner)
 {
 	struct waiter me = {client, owner, dl->ticket};
@@ -606,7 +657,7 @@ static void on_download(struct engine *e, const struct chunkd_dl *dl, uint32_t c
 			post(e, client, owner, dl->ticket, r);
 		return;
 	}
-	const struct chunkd_dl *have = j->dl;
+	const struct dlc *have = j->dl;
 	if (have && !same_desc_dl(have, dl)) {
 		post(e, client, owner, dl->ticket, -EEXIST);
 		return;
@@ -759,7 +810,12 @@ static int intake_client(struct engine *e, uint32_t i, uint64_t owner, uint32_t 
 			if (r == 0) {
 				journal_request(e, CHUNKD_JREC_DOWNLOAD, i, owner, h->ticket,
 						e->dl_scratch->id, e->dl_scratch);
-				on_download(e, e->dl_scratch, i, owner);
+				struct dlc *d = dl_pack(e->dl_scratch);
+				if (d)
+					on_download(e, d, i, owner);
+				else
+					post(e, i, owner, h->ticket, -ENOMEM);
+				free(d);
 				continue;
 			}
 			log_warn("client pid %d (slot %u): rejected download (ticket %llu): %s",
@@ -1127,7 +1183,7 @@ static void read_resume(struct engine *e, struct job *j)
 static void xfer_start(struct engine *e, struct xfer *x)
 {
 	struct job *j = x->job;
-	const struct chunkd_dl_file *f = &j->dl->files[x->idx];
+	const struct dlc_file *f = &j->dl->files[x->idx];
 	uint64_t from = x->resume_from;
 	x->resume_from = 0; /* a retry after a failure starts over */
 	x->result = 0;
@@ -1748,7 +1804,7 @@ static void condemned_remove(struct engine *e, struct job *j)
 static void removal_done(struct engine *e, struct job *j)
 {
 	uint32_t slot = j->slot;
-	struct chunkd_dl *dl = j->want_present ? j->dl : NULL;
+	struct dlc *dl = j->want_present ? j->dl : NULL;
 	struct waiter *ws = j->waiters;
 	uint32_t nws = j->nwaiters;
 	j->dl = NULL;
@@ -2222,23 +2278,22 @@ static int replay_cb(const struct chunkd_jrec *r, void *arg)
 		p->type = CHUNKD_JREC_DELETE;
 		return rp_add_waiter(p, r);
 	}
-	if (p->type == CHUNKD_JREC_DOWNLOAD && same_desc_dl(p->dl, r->dl)) {
-		struct chunkd_dl *d = dl_dup(r->dl); /* the latest URLs */
-		if (!d)
-			return -ENOMEM;
+	struct dlc *d = dl_pack(r->dl);
+	if (!d)
+		return -ENOMEM;
+	if (p->type == CHUNKD_JREC_DOWNLOAD && same_desc_dl(p->dl, d)) {
 		free(p->dl);
-		p->dl = d;
+		p->dl = d; /* the latest URLs */
 		return rp_add_waiter(p, r);
 	}
 	if (p->type == CHUNKD_JREC_DOWNLOAD) {
+		free(d);
 		post(e, r->client, r->owner, r->ticket, -EEXIST);
 		return 0;
 	}
 	rp_post_all(e, p, 0); /* a delete reached its goal before this download */
 	p->type = CHUNKD_JREC_DOWNLOAD;
-	p->dl = dl_dup(r->dl);
-	if (!p->dl)
-		return -ENOMEM;
+	p->dl = d;
 	return rp_add_waiter(p, r);
 }
 
