@@ -177,7 +177,9 @@ int chunkd__idx_entry_cmp(const void *pa, const void *pb)
 		return c;
 	if (a->first != b->first)
 		return a->first < b->first ? -1 : 1;
-	return 0;
+	/* Equal starts only meet in the start-up scan's conflicts: break the tie on the id so that
+	 * every start picks the same winner, whatever the directory order. */
+	return chunkd__id_cmp(a->id, b->id);
 }
 
 void chunkd__idx_publish(struct chunkd_cat_map *m, const struct chunkd_idx_entry *pub, uint32_t npub,
