@@ -38,6 +38,7 @@ struct watch {
 	uint64_t owner;
 	int pidfd;
 	int cancelled;
+	struct watch *next_cancelled; /* freed by its completion, or at exit if none comes */
 };
 
 struct fdpoll {
@@ -51,6 +52,7 @@ struct daemon_loop {
 	uint32_t waker_stop; /* atomic */
 	uint32_t bell_seen;  /* the doorbell value the first sync_clients() accounts for */
 	struct watch **w;    /* per client slot, NULL = not watched */
+	struct watch *cancelled; /* watches whose cancellation has not completed yet */
 	uint32_t nclients;   /* private copy of the geometry: never re-read from shared memory */
 };
 
@@ -123,6 +125,13 @@ static void on_pidfd(struct loop *l, struct op *op, int res, uint32_t flags)
 {
 	struct daemon_loop *d = (struct daemon_loop *)l;
 	struct watch *w = (struct watch *)op;
+	if (w->cancelled) {
+		struct watch **pp = &d->cancelled;
+		while (*pp && *pp != w)
+			pp = &(*pp)->next_cancelled;
+		if (*pp)
+			*pp = w->next_cancelled;
+	}
 	close(w->pidfd);
 	if (!w->cancelled) {
 		d->w[w->client] = NULL;
@@ -139,6 +148,8 @@ static void unwatch(struct daemon_loop *d, uint32_t i)
 	if (!w)
 		return;
 	w->cancelled = 1;
+	w->next_cancelled = d->cancelled;
+	d->cancelled = w;
 	/* The poll's own completion (with -ECANCELED) frees w. */
 	struct io_uring_sqe *sqe = chunkd__loop_sqe(&d->l, NULL);
 	io_uring_prep_poll_remove(sqe, (uint64_t)(uintptr_t)w);
@@ -331,6 +342,13 @@ err_fds:
 			close(d->w[i]->pidfd);
 			free(d->w[i]);
 		}
+	/* The ring is gone: completions of cancelled watches will never come. */
+	while (d->cancelled) {
+		struct watch *w = d->cancelled;
+		d->cancelled = w->next_cancelled;
+		close(w->pidfd);
+		free(w);
+	}
 	if (d->sig.fd >= 0)
 		close(d->sig.fd);
 	if (d->bell.fd >= 0)

@@ -336,7 +336,8 @@ int chunkd__store_scan(struct instance *in, struct catalog *cat, unsigned thread
 	for (unsigned t = 0; t < started; t++)
 		pthread_join(tids[t], NULL);
 
-	qsort(j.cands, j.ncands, sizeof(*j.cands), cand_cmp);
+	if (j.ncands)
+		qsort(j.cands, j.ncands, sizeof(*j.cands), cand_cmp);
 	/* Publish in (dataset, first) order; a range overlapping its predecessor is skipped.
 	 * An adopted catalogue already holds slots: a chunk on disk keeps its slot (and so the
 	 * pins on it), and slots whose chunk is not on disk any more are freed below. */
