@@ -195,6 +195,11 @@ void chunkd__xfer_op_end(struct xfer *x)
 	x->job->inflight--;
 }
 
+const char *chunkd__xfer_name(const struct xfer *x)
+{
+	return x->job->dl->files[x->idx].name;
+}
+
 const char *chunkd__xfer_url(const struct xfer *x)
 {
 	return x->job->dl->files[x->idx].url;
@@ -662,7 +667,11 @@ static void on_download(struct engine *e, const struct dlc *dl, uint32_t client,
 		post(e, client, owner, dl->ticket, -EEXIST);
 		return;
 	}
-	if (!have && !same_desc_published(e, (uint32_t)slot, dl)) {
+	/* A deleted chunk (condemned, or already moving to trash: its metadata may be gone)
+	 * is compared with what its slot recorded. */
+	if (!have && (chunkd__id_cmp(j->desc.dataset, dl->dataset) ||
+		      j->desc.first_block != dl->first_block || j->desc.end_block != dl->end_block ||
+		      j->desc.nfiles != dl->nfiles)) {
 		post(e, client, owner, dl->ticket, -EEXIST);
 		return;
 	}
@@ -937,6 +946,7 @@ static void buf_put(struct engine *e, struct wbuf *b)
 		x->next_paused = NULL;
 		if (x->paused) {
 			x->paused = 0;
+			x->last_data_ms = chunkd__mono_ms(); /* waiting for a buffer is not a stall */
 			if (x->state == X_RUNNING && x->src->resume)
 				x->src->resume(e, x);
 		}
@@ -1061,6 +1071,7 @@ long chunkd__xfer_deliver(struct engine *e, struct xfer *x, const void *data, si
 	}
 	x->received += n;
 	x->job->desc.bytes_done += n;
+	x->last_data_ms = chunkd__mono_ms();
 	return (long)n;
 }
 
@@ -1196,6 +1207,7 @@ static void xfer_start(struct engine *e, struct xfer *x)
 	x->http_status = 0;
 	x->msg[0] = '\0';
 	x->state = X_RUNNING;
+	x->last_data_ms = chunkd__mono_ms();
 	x->attempts++;
 	if (x->attempts > j->desc.attempts)
 		j->desc.attempts = x->attempts; /* the chunk's attempts: its most-tried file's */
@@ -1207,7 +1219,7 @@ static void xfer_start(struct engine *e, struct xfer *x)
 		x->fd = -1;
 	}
 	if (x->fd < 0) {
-		xfer_fail(e, x, -errno, "creating %s in staging: %s", f->name, strerror(errno));
+		xfer_fail(e, x, -errno, "%s: creating it in staging: %s", f->name, strerror(errno));
 		x->finished = 1;
 		xfer_check_drained(e, x);
 		return;
@@ -1226,9 +1238,9 @@ static void xfer_start(struct engine *e, struct xfer *x)
 	int r = x->src ? x->src->start(e, x) : -EPROTONOSUPPORT;
 	if (r < 0) {
 		if (r == -EPROTONOSUPPORT)
-			xfer_fail(e, x, r, "%s: scheme not supported yet", f->url);
+			xfer_fail(e, x, r, "%s: scheme not supported yet (%s)", f->name, f->url);
 		else
-			xfer_fail(e, x, r, "%s: %s", f->url, strerror(-r));
+			xfer_fail(e, x, r, "%s: %s (%s)", f->name, strerror(-r), f->url);
 		x->finished = 1;
 		xfer_check_drained(e, x);
 	}
@@ -1981,6 +1993,23 @@ uint64_t chunkd__engine_run(struct engine *e)
 			if ((x->state == X_IDLE || x->state == X_RETRY) && !e->quiescing &&
 			    e->running_xfers < e->cfg.transfers)
 				xfer_start(e, x);
+			if (x->state == X_RUNNING && !x->finished && !x->paused) {
+				/* A stall: no byte for --stall-timeout (a paused transfer waits for
+				 * our disk, not for the network, and does not count). */
+				uint64_t due = x->last_data_ms + e->cfg.stall_timeout_ms;
+				if (due <= now) {
+					if (x->src)
+						x->src->cancel(e, x);
+					xfer_fail(e, x, -ETIMEDOUT,
+						  "%s: stalled, no data for %u ms (%s)",
+						  j->dl->files[i].name, e->cfg.stall_timeout_ms,
+						  j->dl->files[i].url);
+					chunkd__xfer_finished(e, x, 0, x->http_status, NULL);
+					continue;
+				}
+				if (due < deadline)
+					deadline = due;
+			}
 			if (x->state == X_RUNNING)
 				progressed = 1;
 		}

@@ -68,6 +68,7 @@ struct xfer {
 	int result;      /* first error of this attempt (negative errno), 0 if none */
 	int finished;    /* the source reported its end */
 	int paused;      /* the source is paused for lack of buffers */
+	uint64_t last_data_ms; /* when the source last delivered bytes (stall detection) */
 	long http_status;
 	char msg[CHUNKD_SLOT_MSG_MAX];
 	struct op fsync_op;
@@ -134,8 +135,9 @@ void chunkd__xfer_op_end(struct xfer *x);
 /* The origin answered a resumed request with the whole file (200): start over at offset 0. */
 void chunkd__xfer_restart_at_zero(struct engine *e, struct xfer *x);
 
-/* The URL of x's file. */
+/* The URL and the name of x's file. */
 const char *chunkd__xfer_url(const struct xfer *x);
+const char *chunkd__xfer_name(const struct xfer *x);
 
 /* The ring and helpers for sources. */
 struct loop *chunkd__engine_loop(struct engine *e);

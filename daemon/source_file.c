@@ -56,14 +56,16 @@ static void on_read(struct loop *l, struct op *op, int res, uint32_t flags)
 	}
 	if (res < 0) {
 		char msg[CHUNKD_SLOT_MSG_MAX];
-		snprintf(msg, sizeof(msg), "%s: read: %s", chunkd__xfer_url(x), strerror(-res));
+		snprintf(msg, sizeof(msg), "%s: read: %s (%s)", chunkd__xfer_name(x), strerror(-res),
+			 chunkd__xfer_url(x));
 		chunkd__xfer_finished(e, x, res, 0, msg);
 		return;
 	}
 	if (res == 0) {
 		if (f->off != x->src_size) {
 			char msg[CHUNKD_SLOT_MSG_MAX];
-			snprintf(msg, sizeof(msg), "%s: file shrank while copying", chunkd__xfer_url(x));
+			snprintf(msg, sizeof(msg), "%s: the source shrank while copying (%s)",
+				 chunkd__xfer_name(x), chunkd__xfer_url(x));
 			chunkd__xfer_finished(e, x, -EIO, 0, msg);
 			return;
 		}

@@ -10,9 +10,9 @@
  * - bytes go to chunkd__xfer_deliver(); when it has no buffer the write callback returns
  *   CURL_WRITEFUNC_PAUSE and the engine resumes the transfer when a buffer comes back.
  *
- * Policy: HTTP/1.1, no redirects (a 3xx is a failure), connect timeout, and a low-speed abort
- * (below 1 KiB/s for the stall timeout). Only 2xx bodies are written; a short body (shorter than
- * Content-Length) is a failure.
+ * Policy: HTTP/1.1, no redirects (a 3xx is a failure), connect timeout. Stalls are detected by
+ * the engine (no byte for --stall-timeout; curl's low-speed check averages over seconds and
+ * reacts late). Only 2xx bodies are written; a body shorter than Content-Length is a failure.
  */
 #include <errno.h>
 #include <poll.h>
@@ -218,8 +218,8 @@ static size_t write_cb(char *ptr, size_t size, size_t nmemb, void *ud)
 			chunkd__xfer_restart_at_zero(x->eng, x);
 		} else if (x->start_off && code == 206 && x->range_start != x->start_off) {
 			x->result = -EIO;
-			snprintf(x->msg, sizeof(x->msg), "%s: 206 for the wrong range",
-				 chunkd__xfer_url(x));
+			snprintf(x->msg, sizeof(x->msg), "%s: 206 for the wrong range from %s",
+				 chunkd__xfer_name(x), chunkd__xfer_url(x));
 			return 0;
 		}
 	}
@@ -245,15 +245,16 @@ static int classify(struct xfer *x, CURLcode rc, const char *url, char *msg, siz
 		return snprintf(msg, msglen, "%s", x->msg), x->result;
 	if (rc == CURLE_OK || (rc == CURLE_WRITE_ERROR && code / 100 != 2)) {
 		if (code / 100 != 2) {
-			snprintf(msg, msglen, "HTTP %ld from %s%s", code, url,
-				 code / 100 == 3 ? " (redirects are not followed)" : "");
+			snprintf(msg, msglen, "%s: HTTP %ld%s from %s", chunkd__xfer_name(x), code,
+				 code / 100 == 3 ? " (redirects are not followed)" : "", url);
 			return -EREMOTEIO;
 		}
 		curl_off_t cl = -1;
 		curl_easy_getinfo(x->easy, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &cl);
 		if (cl >= 0 && (uint64_t)cl != x->received - x->start_off) {
-			snprintf(msg, msglen, "%s: got %llu bytes, Content-Length %lld", url,
-				 (unsigned long long)(x->received - x->start_off), (long long)cl);
+			snprintf(msg, msglen, "%s: short body, got %llu bytes of Content-Length %lld "
+				 "from %s", chunkd__xfer_name(x),
+				 (unsigned long long)(x->received - x->start_off), (long long)cl, url);
 			return -EIO;
 		}
 		return 0;
@@ -284,7 +285,7 @@ static int classify(struct xfer *x, CURLcode rc, const char *url, char *msg, siz
 		err = -EIO;
 		break;
 	}
-	snprintf(msg, msglen, "%s: %s", url, curl_easy_strerror(rc));
+	snprintf(msg, msglen, "%s: %s (%s)", chunkd__xfer_name(x), curl_easy_strerror(rc), url);
 	return err;
 }
 
@@ -343,9 +344,6 @@ static int http_start(struct engine *e, struct xfer *x)
 	curl_easy_setopt(c, CURLOPT_FOLLOWLOCATION, 0L);
 	curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
 	curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, (long)cfg->connect_timeout_ms);
-	curl_easy_setopt(c, CURLOPT_LOW_SPEED_LIMIT, 1024L);
-	long stall_s = (long)(cfg->stall_timeout_ms + 999) / 1000;
-	curl_easy_setopt(c, CURLOPT_LOW_SPEED_TIME, stall_s > 0 ? stall_s : 1L);
 	curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https");
 	curl_easy_setopt(c, CURLOPT_USERAGENT, "chunkd/" "0.1");
 	CURLMcode rc = curl_multi_add_handle(h->multi, c);
