@@ -124,8 +124,11 @@ int chunkd_find(chunkd_client *c, const chunkd_id *dataset, uint64_t block, chun
 		return -EINVAL;
 	uint64_t ds[4];
 	memcpy(ds, dataset->bytes, sizeof(ds));
-	/* A candidate can be condemned or recycled between the look-up and the pin; each retry
-	 * sees a newer index, so a handful of rounds is plenty. */
+	/* Pairs with the daemon's increment of index_flips after it switched index copies. */
+	uint64_t flips = chunkd__load_acquire(&c->cat.hdr->index_flips);
+	/* A candidate can be condemned or recycled between the look-up and the pin. If no newer
+	 * index was published meanwhile, the index we read is the current one and the chunk it
+	 * named is gone: -ENOENT. Otherwise look again in the newer index (bounded). */
 	for (int round = 0; round < 64; round++) {
 		struct chunkd_idx_range e;
 		int r = chunkd__idx_find(&c->cat, ds, block, &e);
@@ -153,6 +156,10 @@ int chunkd_find(chunkd_client *c, const chunkd_id *dataset, uint64_t block, chun
 		chunkd__pin_clear(c->me, (uint32_t)pi);
 		if (CHUNKD_GS_GEN(gs) == e.gen && CHUNKD_GS_STATE(gs) == CHUNKD_SLOT_CONDEMNED)
 			chunkd__doorbell_ring(c->req.hdr); /* the daemon may have seen our pin */
+		uint64_t now = chunkd__load_acquire(&c->cat.hdr->index_flips);
+		if (now == flips)
+			return -ENOENT;
+		flips = now;
 	}
 	return -EAGAIN;
 }

@@ -217,5 +217,7 @@ void chunkd__idx_publish(struct chunkd_cat_map *m, const struct chunkd_idx_entry
 	/* Makes copy b the one readers use; pairs with the acquire load in read_begin. */
 	chunkd__store_release(&h->index_active, b);
 	chunkd__store_relaxed(&h->nchunks, npub);
-	chunkd__fetch_add(&h->index_flips, 1, __ATOMIC_RELAXED);
+	/* Release: a reader that sees the new count also sees the new active copy (chunkd_find
+	 * uses it to tell a stale index from a current one). */
+	chunkd__fetch_add(&h->index_flips, 1, __ATOMIC_RELEASE);
 }
