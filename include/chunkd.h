@@ -179,8 +179,9 @@ typedef struct chunkd_chunk_status {
  * @ticket  if not NULL, receives a ticket for chunkd_wait().
  * @return 0; -EINVAL a bad descriptor: nfiles 0 or above CHUNKD_MAX_FILES, a file name empty,
  *         longer than CHUNKD_MAX_NAME, containing '/' or '\n', "." or "..", or CHUNKD_META_NAME,
- *         duplicate names, a URL empty, longer than CHUNKD_MAX_URL, with a control character or
- *         space, or with a scheme other than http, https, s3, file; first_block >= end_block;
+ *         duplicate names, a URL that is not 1..CHUNKD_MAX_URL bytes of printable ASCII without
+ *         spaces (0x21-0x7e) starting with a lowercase http://, https://, s3:// or file:// and at
+ *         least one more byte; first_block >= end_block;
  *         -EAGAIN the ring is full or CHUNKD_TICKETS requests are outstanding (retry after a
  *         chunkd_wait()).
  * Per chunk id the last accepted request wins: a later delete cancels this download.

@@ -180,6 +180,17 @@ int chunkd__rec_decode_download(const void *rec, size_t len, struct chunkd_dl *o
 			if (!strcmp(out->files[k].name, out->files[i].name))
 				return fail(why, whylen, "file %u: duplicate name", i);
 	}
+	/* Only the zero padding of the encoder may follow: anything else means the record is not
+	 * what a client encoded (a flipped nfiles would otherwise decode as another request). */
+	if (ALIGN_REC((size_t)(p - (const uint8_t *)rec)) != len) {
+		fail(why, whylen, "trailing bytes after the last file");
+		return -EBADMSG;
+	}
+	for (; p < end; p++)
+		if (*p) {
+			fail(why, whylen, "non-zero padding");
+			return -EBADMSG;
+		}
 	return 0;
 }
 

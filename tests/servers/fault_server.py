@@ -17,8 +17,10 @@ requests carrying this SPEC for this file (counted per (SPEC, file) since the se
     reset           declare the full Content-Length, send half the body, reset (RST)
     stall           send half the body, then send nothing for --stall-seconds (or until the
                     client gives up or the server stops), then close without the rest
-    short           declare and send 10 bytes fewer than the file (or the requested range)
-                    has: a well-formed response whose body is too short (at least 0 bytes)
+    short           declare the full Content-Length but send 10 bytes fewer, then close (FIN):
+                    the body falls just short of its Content-Length. (A well-formed response
+                    of a shorter file cannot be told from a file that is shorter: the
+                    descriptors carry no sizes.)
     slow[-RATE]     send the body at RATE bytes/s (default --slow-rate)
 
 Examples: "/fault/fail-first-2/a.bin" (503, 503, then 200), "?fault=truncate@1" (the first
@@ -290,14 +292,14 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 start, end, code = r[0], r[1], 206
         length = end - start + 1
 
-        if "short" in kinds:
-            length = max(0, length - 10)
-            end = start + length - 1
         declared = length
         send = length
         cut = next((k for k in ("truncate", "reset", "stall") if k in kinds), None)
         if cut:
             send = length // 2
+        elif "short" in kinds:
+            cut = "truncate"  # same ending as truncate: close after the short body
+            send = max(0, length - 10)
 
         self.send_response(code)
         self.send_header("Content-Type", "application/octet-stream")
