@@ -87,11 +87,48 @@ static void issue_read(struct engine *e, struct xfer *x)
 	chunkd__xfer_op_begin(x);
 }
 
+static int hexval(char c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	if (c >= 'A' && c <= 'F')
+		return c - 'A' + 10;
+	return -1;
+}
+
+/* The local path of a file:// URL: percent-decoded (URLs cannot hold spaces, so a file name
+ * with one arrives as %20); an encoded NUL or a bad escape is refused. */
+static int url_path(const char *url, char *out, size_t outlen)
+{
+	const char *p = url + strlen("file://");
+	size_t n = 0;
+	if (p[0] != '/')
+		return -EINVAL; /* file://host/... is not a local file */
+	for (; *p; p++) {
+		char c = *p;
+		if (c == '%') {
+			int hi = hexval(p[1]), lo = hi < 0 ? -1 : hexval(p[2]);
+			if (lo < 0 || (hi == 0 && lo == 0))
+				return -EINVAL;
+			c = (char)(hi * 16 + lo);
+			p += 2;
+		}
+		if (n + 1 >= outlen)
+			return -ENAMETOOLONG;
+		out[n++] = c;
+	}
+	out[n] = '\0';
+	return 0;
+}
+
 static int file_start(struct engine *e, struct xfer *x)
 {
-	const char *path = chunkd__xfer_url(x) + strlen("file://");
-	if (path[0] != '/')
-		return -EINVAL; /* file://host/... is not a local file */
+	char path[CHUNKD_MAX_URL + 1];
+	int pr = url_path(chunkd__xfer_url(x), path, sizeof(path));
+	if (pr < 0)
+		return pr;
 	struct fsrc *f = calloc(1, sizeof(*f));
 	if (!f)
 		return -ENOMEM;
