@@ -770,7 +770,10 @@ int th_write_chunk(const char *data_dir, const chunkd_id *dataset, const chunkd_
 		f->size = file_size;
 		f->crc32c = th_crc32c(0, data, file_size);
 		f->has_crc = 1;
-		snprintf(path, sizeof(path), "%s/%s", dir, f->name);
+		if (snprintf(path, sizeof(path), "%s/%s", dir, f->name) >= (int)sizeof(path)) {
+			r = -ENAMETOOLONG;
+			goto out;
+		}
 		r = th_write_file(path, data, file_size);
 		if (r < 0)
 			goto out;
