@@ -2336,7 +2336,8 @@ static int rp_order_cmp(const void *a, const void *b)
  * requests (they are idempotent: a published chunk answers 0, an unknown delete answers 0). */
 static void replay_apply(struct engine *e)
 {
-	qsort(e->rp, e->nrp, sizeof(*e->rp), rp_order_cmp);
+	if (e->nrp)
+		qsort(e->rp, e->nrp, sizeof(*e->rp), rp_order_cmp);
 	free(e->rpi_slots);
 	e->rpi_slots = NULL;
 	uint32_t downloads = 0, deletes = 0;
