@@ -38,6 +38,7 @@
 #define STALL_MS       1000
 #define READY_MS       20000
 #define WAIT_MS        60000
+#define WAIT_SLICE_MS  500
 #define LEFTOVER_MS    10000
 #define LOG_MS         10000 /* the server logs a request within this after it completed */
 #define SLACK_MS       300   /* scheduling tolerance above the largest expected gap */
@@ -65,7 +66,7 @@ static const struct fcase cases[] = {
     {"503", "503", -EREMOTEIO, 503, "503", 200, ATTEMPTS},
     /* The full Content-Length, half the body, then FIN. */
     {"truncated", "truncate", -EIO, 0, "partial|short|truncated|bytes", 200, ATTEMPTS},
-    /* A well-formed response 10 bytes shorter than the file. */
+    /* The full Content-Length, all but the last 10 bytes, then FIN. */
     {"short", "short", -EIO, 0, "partial|short|truncated|bytes", 200, ATTEMPTS},
     /* The full Content-Length, half the body, then RST. */
     {"reset", "reset", -ECONNRESET, 0, "reset|receiving|recv", 200, ATTEMPTS},
@@ -199,19 +200,52 @@ static int says(const char *text, const char *words)
 	return 0;
 }
 
+/* Fail, with the daemon's log, if the daemon is gone. */
+static void daemon_alive(const char *name)
+{
+	if (th_daemon_running(&F.env.d))
+		return;
+	th_daemon_dump_log(&F.env.d);
+	char why[64];
+	fail_msg("%s: the daemon exited (%s); its log is above", name,
+		 th_status_str(F.env.d.status, why, sizeof(why)));
+}
+
+/*
+ * chunkd_wait in slices, failing at once if the daemon dies (a dead daemon posts nothing, and
+ * chunkd_wait keeps waiting for a successor). -ETIMEDOUT is both the stall's final result and a
+ * slice that timed out: a slice that returns before its time is a result, and so is the answer
+ * for an ended ticket, which comes at once. Returns the result; *waited_ms since t0.
+ */
+static int wait_ticket(const char *name, uint64_t ticket, uint64_t t0, uint64_t *waited_ms)
+{
+	for (;;) {
+		uint64_t s0 = th_now_ns();
+		int r = chunkd_wait(F.c, ticket, WAIT_SLICE_MS);
+		uint64_t now = th_now_ns();
+		*waited_ms = (now - t0) / 1000000;
+		if (r != -ETIMEDOUT || now - s0 < (uint64_t)WAIT_SLICE_MS * 1000000 ||
+		    *waited_ms >= WAIT_MS)
+			return r;
+		daemon_alive(name);
+	}
+}
+
 static void run_case(const struct fcase *fc, const struct th_chunk *ch)
 {
 	char prefix[256], why[FH_WHY_LEN], sts[512], path[PATH_MAX];
 	struct fh_desc d;
 	uint64_t ticket;
 	chunkd_chunk_status st;
+	daemon_alive(fc->name); /* a case after a crash fails at once */
 	th_assert_ok(chunkd_status(F.c, &ch->id, &st));
 	assert_int_equal(st.state, CHUNKD_CHUNK_ABSENT);
 	fault_prefix(prefix, sizeof(prefix), fc->spec);
 	th_assert_ok(fh_desc_init(&d, ch, prefix));
 	uint64_t t0 = th_now_ns();
 	th_assert_ok(chunkd_download(F.c, &d.c, &ticket));
-	int r = chunkd_wait(F.c, ticket, WAIT_MS);
+	uint64_t waited_ms;
+	int r = wait_ticket(fc->name, ticket, t0, &waited_ms);
 	th_assert_ok(chunkd_status(F.c, &ch->id, &st));
 	fh_status_str(&st, sts, sizeof(sts));
 	size_t ci = (size_t)(fc - cases);
@@ -219,9 +253,15 @@ static void run_case(const struct fcase *fc, const struct th_chunk *ch)
 		snprintf(F.messages[ci], sizeof(F.messages[ci]), "%s", st.message);
 		snprintf(F.urls[ci], sizeof(F.urls[ci]), "%s", d.urls[0]);
 	}
+	if (waited_ms >= WAIT_MS)
+		fail_msg("%s: chunkd_wait = %d after %" PRIu64 " ms: the ticket never ended; %s",
+			 fc->name, r, waited_ms, sts);
 	if (r != fc->err)
-		fail_msg("%s: chunkd_wait = %d (%s), want %d (%s); %s", fc->name, r,
-			 chunkd_strerror(r), fc->err, chunkd_strerror(fc->err), sts);
+		fail_msg(
+		    "%s: chunkd_wait = %d (%s), want %d (%s); %s; the origin's file has %" PRIu64
+		    " bytes",
+		    fc->name, r, chunkd_strerror(r), fc->err, chunkd_strerror(fc->err), sts,
+		    ch->files[0].size);
 	fh_chunk_path(path, sizeof(path), F.env.data_dir, ch);
 
 	if (fc->err == 0) {
@@ -316,7 +356,8 @@ static void run_case(const struct fcase *fc, const struct th_chunk *ch)
 			}
 	free(all);
 	fprintf(stderr, "test_faults: %s: %.1f s: %s; %zu requests at +s:%s\n", fc->name,
-		(double)(th_now_ns() - t0) / 1e9, sts, n, times);
+		(double)waited_ms / 1e3, sts, n, times);
+	daemon_alive(fc->name);
 }
 
 /*
