@@ -97,7 +97,8 @@ struct job {
 	enum job_state was;   /* the step a cancellation interrupted */
 	int in_chunks;        /* a cancelled download had already been renamed into chunks/ */
 	uint64_t retry_at;    /* J_RENAME waiting for an old incarnation to go */
-	struct job *next;     /* queue link */
+	int dead;             /* freed by job_free; the struct waits in the graveyard */
+	struct job *next;     /* queue link (graveyard link once dead) */
 	struct job *next_run; /* run list link */
 };
 
@@ -140,6 +141,7 @@ struct engine {
 	struct job *queue_head, *queue_tail;
 	struct job *run_list;  /* started downloads and removals */
 	struct job *condemned; /* deleted chunks waiting for their pins to go */
+	struct job *graveyard; /* jobs ended during this loop iteration, freed at its end */
 	uint32_t running_jobs, running_xfers, deleting;
 	uint32_t live_jobs;
 	struct wbuf *free_bufs;
@@ -417,8 +419,25 @@ static void job_free(struct engine *e, struct job *j)
 	free(j->dl);
 	free(j->waiters);
 	free(j->meta_buf);
-	free(j);
+	j->dl = NULL;
+	j->waiters = NULL;
+	j->meta_buf = NULL;
+	j->dirfd = -1;
+	/* The struct itself lives until the end of the loop iteration: a caller walking the jobs
+	 * may still hold it after a call that ended it, and checks `dead`. */
+	j->dead = 1;
+	j->next = e->graveyard;
+	e->graveyard = j;
 	e->live_jobs--;
+}
+
+static void bury(struct engine *e)
+{
+	while (e->graveyard) {
+		struct job *j = e->graveyard;
+		e->graveyard = j->next;
+		free(j);
+	}
 }
 
 /* Take a job off the run list (a started download or removal that has ended). */
@@ -1407,7 +1426,8 @@ static int job_write_meta(struct engine *e, struct job *j)
 	free(m);
 	if (n < 0)
 		return n;
-	int fd = openat(j->dirfd, CHUNKD_META_NAME, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+	/* O_TRUNC: a daemon that died after writing it left one behind in the resumed staging dir. */
+	int fd = openat(j->dirfd, CHUNKD_META_NAME, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
 	if (fd < 0)
 		return -errno;
 	/* Reuse the first transfer's fd slot to remember it for the fsync and close. */
@@ -1983,7 +2003,9 @@ uint64_t chunkd__engine_run(struct engine *e)
 		if (j->state != J_RUNNING)
 			continue;
 		int progressed = 0;
-		for (uint32_t i = 0; i < j->dl->nfiles && j->state == J_RUNNING; i++) {
+		/* Starting or failing a transfer can end the job (its last attempt): stop at once
+		 * then (the job's memory stays valid until the iteration ends, see job_free). */
+		for (uint32_t i = 0; !j->dead && j->state == J_RUNNING && i < j->dl->nfiles; i++) {
 			struct xfer *x = &j->x[i];
 			if (x->state == X_RETRY && x->retry_at > now) {
 				if (x->retry_at < deadline)
@@ -2013,7 +2035,7 @@ uint64_t chunkd__engine_run(struct engine *e)
 			if (x->state == X_RUNNING)
 				progressed = 1;
 		}
-		if (progressed && j->state == J_RUNNING)
+		if (progressed && !j->dead && j->state == J_RUNNING)
 			slot_sync(e, j); /* progress for chunkd_status and chunkd-dump */
 	}
 	uint64_t h = chunkd__http_run(e);
@@ -2055,6 +2077,17 @@ static void on_commit(struct loop *l, struct op *op, int res, uint32_t flags)
 	release_heads(e, e->head_commit, e->gen_commit);
 }
 
+/* Does a job wait for several requests? Compaction keeps one record per id, so it would drop
+ * the records of the joined ones, and a restart would not know to answer their tickets: such
+ * compactions wait until those downloads ended. */
+static int joined_waiters(struct engine *e)
+{
+	for (uint32_t s = 0; s < e->cat->cap; s++)
+		if (e->jobs[s] && e->jobs[s]->nwaiters > 1)
+			return 1;
+	return 0;
+}
+
 /* Group commit: everything journaled in this iteration is written and fdatasynced together,
  * through io_uring, one commit in flight at a time. */
 static void commit(struct engine *e)
@@ -2069,7 +2102,7 @@ static void commit(struct engine *e)
 		release_heads(e, NULL, NULL);
 		return;
 	}
-	if (chunkd__journal_should_compact(e->jr)) {
+	if (chunkd__journal_should_compact(e->jr) && !joined_waiters(e)) {
 		/* Synchronous: compaction first makes everything pending durable. */
 		int r = chunkd__journal_compact(e->jr);
 		if (r < 0) {
@@ -2139,6 +2172,7 @@ void chunkd__engine_flush(struct engine *e)
 		chunkd__fetch_add(&cl->d.cq_seq, 1, __ATOMIC_RELEASE);
 		syscall(SYS_futex, &cl->d.cq_seq, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
 	}
+	bury(e);
 }
 
 int chunkd__engine_fatal(struct engine *e)
@@ -2533,6 +2567,7 @@ void chunkd__engine_destroy(struct engine *e)
 			e->jobs[s]->running = 0;
 			job_free(e, e->jobs[s]);
 		}
+	bury(e);
 	for (uint32_t i = 0; e->ds && i <= e->dsmask; i++)
 		free(e->ds[i].v);
 	if (e->staging_fd >= 0)
