@@ -2077,15 +2077,35 @@ static void on_commit(struct loop *l, struct op *op, int res, uint32_t flags)
 	release_heads(e, e->head_commit, e->gen_commit);
 }
 
-/* Does a job wait for several requests? Compaction keeps one record per id, so it would drop
- * the records of the joined ones, and a restart would not know to answer their tickets: such
- * compactions wait until those downloads ended. */
-static int joined_waiters(struct engine *e)
+/* Compaction keeps one record per id, the last: the records of earlier requests that joined a
+ * running download are dropped, and a restart would not know to answer their tickets. Journal
+ * them again (all of a job's waiters, in order, so the last stays the live one) and make that
+ * durable before anything else happens. */
+static int rejournal_joined(struct engine *e)
 {
-	for (uint32_t s = 0; s < e->cat->cap; s++)
-		if (e->jobs[s] && e->jobs[s]->nwaiters > 1)
-			return 1;
-	return 0;
+	int n = 0;
+	for (uint32_t s = 0; s < e->cat->cap; s++) {
+		struct job *j = e->jobs[s];
+		if (!j || j->dead || !j->want_present || !j->dl || j->nwaiters < 2)
+			continue;
+		struct chunkd_dl *d = e->dl_scratch;
+		memcpy(d->id, j->dl->id, sizeof(d->id));
+		memcpy(d->dataset, j->dl->dataset, sizeof(d->dataset));
+		d->first_block = j->dl->first_block;
+		d->end_block = j->dl->end_block;
+		d->nfiles = j->dl->nfiles;
+		for (uint32_t i = 0; i < d->nfiles; i++) {
+			snprintf(d->files[i].name, sizeof(d->files[i].name), "%s", j->dl->files[i].name);
+			snprintf(d->files[i].url, sizeof(d->files[i].url), "%s", j->dl->files[i].url);
+		}
+		for (uint32_t w = 0; w < j->nwaiters; w++) {
+			d->ticket = j->waiters[w].ticket;
+			journal_request(e, CHUNKD_JREC_DOWNLOAD, j->waiters[w].client,
+					j->waiters[w].owner, j->waiters[w].ticket, d->id, d);
+			n++;
+		}
+	}
+	return n ? chunkd__journal_sync(e->jr) : 0;
 }
 
 /* Group commit: everything journaled in this iteration is written and fdatasynced together,
@@ -2102,7 +2122,7 @@ static void commit(struct engine *e)
 		release_heads(e, NULL, NULL);
 		return;
 	}
-	if (chunkd__journal_should_compact(e->jr) && !joined_waiters(e)) {
+	if (chunkd__journal_should_compact(e->jr)) {
 		/* Synchronous: compaction first makes everything pending durable. */
 		int r = chunkd__journal_compact(e->jr);
 		if (r < 0) {
@@ -2111,6 +2131,10 @@ static void commit(struct engine *e)
 				e->fatal = 1;
 		} else {
 			struct chunkd_journal_stats st;
+			if (rejournal_joined(e) < 0) {
+				log_error("journal: cannot rewrite joined requests after compaction");
+				e->fatal = 1;
+			}
 			chunkd__journal_stats(e->jr, &st);
 			log_info("journal: compacted to %llu live records, %llu bytes",
 				 (unsigned long long)st.live_records, (unsigned long long)st.file_bytes);
