@@ -21,6 +21,8 @@
  *    download in progress resumes.
  * e) Regression found by test_crashloop: a daemon killed after writing a download's
  *    .chunkd-meta and before the rename must not make the next one fail the chunk (-EEXIST).
+ * f) Regression found by test_crashloop's long mode: journal compaction while a second download
+ *    of a chunk had joined the first must not lose the first ticket across a crash.
  *
  * CHUNKD_TEST_FILTER=pattern runs only the matching cases.
  */
@@ -863,22 +865,32 @@ static void test_crash_after_meta_write_resumes_and_publishes(void **state)
 /*
  * Two downloads of one chunk while it is downloading: the second joins the first's waiters, and
  * the journal holds both records, of which only the second is live. Compaction keeps the live
- * records only. A daemon killed after that must still know the first ticket: its wait must end
- * 0 once the chunk is published, like the second's. (test_crashloop's long mode found a client
- * whose download ticket never ended after the final restart.) The journal is pushed over the
- * compaction floor (1 MiB) with deletes of unknown chunks, which are forgotten once done.
+ * records only, so a compaction now would drop the first ticket's record. The journal is pushed
+ * well past the compaction threshold (1 MiB, and twice the live records) with deletes of
+ * unknown chunks, which are forgotten once done; then the daemon is killed. The next one must
+ * still answer both tickets with 0 once the chunk is published (test_crashloop's long mode found
+ * a download ticket that never ended after the final restart). And the journal must not keep
+ * the flood: compacted then, or once the joined downloads are over, it stays bounded.
  */
+/* Condition for th_wait: the journal (path in arg) is below the compaction floor. */
+static int journal_small(void *arg)
+{
+	int64_t size = cr_file_size(arg);
+	return size >= 0 && size < (int64_t)MIB;
+}
+
 #define FLOOD_BATCH 1000
-#define FLOOD_MAX   60000
+#define FLOOD_N     20000 /* 72-byte records: 1.4 MB of journal, nothing of it live */
 
 static void test_compaction_keeps_tickets_of_joined_downloads(void **state)
 {
 	const struct th_chunk *ch = &D.big.chunks[0];
 	struct fh_desc desc;
-	char prefix[256], base[128];
-	uint64_t t1, t2, t, flooded = 0;
+	char prefix[256], base[128], journal[PATH_MAX];
+	uint64_t t1, t2, t;
 	chunkd_client *flood;
 	(void)state;
+	snprintf(journal, sizeof(journal), "%s/journal", D.env.data_dir);
 
 	/* 256 KiB/s: the 4 MiB download stays in flight for 16 s, longer than the flood. */
 	fh_server_url(&D.fault, base, sizeof(base));
@@ -890,22 +902,21 @@ static void test_compaction_keeps_tickets_of_joined_downloads(void **state)
 
 	/* A handle of its own: a pending ticket blocks its handle's ticket table 1024 later. */
 	th_assert_ok(chunkd_open(D.env.name, &flood));
-	while (cr_count_lines(cur_log(), "journal: compacted") < 1) {
-		if (flooded >= FLOOD_MAX) {
-			chunkd_close(flood);
-			th_daemon_dump_log(&D.env.d);
-			fail_msg("no compaction after %" PRIu64 " deletes", flooded);
-		}
+	for (uint32_t n = 0; n < FLOOD_N;) {
 		for (uint32_t i = 0; i < FLOOD_BATCH; i++) {
 			chunkd_id id;
-			th_make_id(&id, 0xf100d, (uint32_t)flooded++);
+			th_make_id(&id, 0xf100d, n++);
 			th_assert_ok(chunkd_delete(flood, &id, &t));
 		}
 		/* Deletes of unknown chunks end 0 at once; the last one ends last. */
 		assert_int_equal(chunkd_wait(flood, t, WAIT_MS), 0);
 	}
 	chunkd_close(flood);
-	fprintf(stderr, "test_durable: compaction after %" PRIu64 " deletes\n", flooded);
+	int compacted = cr_count_lines(cur_log(), "journal: compacted");
+	fprintf(stderr,
+		"test_durable: %d deletes; the journal holds %" PRId64 " bytes, %d compaction%s "
+		"while two downloads of one chunk waited\n",
+		FLOOD_N, cr_file_size(journal), compacted, compacted == 1 ? "" : "s");
 	/* Both downloads are still waiting: the case is set up. */
 	assert_int_equal(chunkd_wait(D.c, t1, 0), -ETIMEDOUT);
 	assert_int_equal(chunkd_wait(D.c, t2, 0), -ETIMEDOUT);
@@ -926,6 +937,17 @@ static void test_compaction_keeps_tickets_of_joined_downloads(void **state)
 			 r, chunkd_strerror(r));
 	}
 	check_published(ch, &D.big_bytes);
+
+	/* Whether compaction ran during the flood or had to wait for the downloads, the journal
+	 * must not keep the flood: after one more commit it is below the compaction floor. */
+	th_make_id(&desc.c.id, 0xf100d, FLOOD_N);
+	th_assert_ok(chunkd_delete(D.c, &desc.c.id, &t));
+	assert_int_equal(chunkd_wait(D.c, t, WAIT_MS), 0);
+	if (th_wait(journal_small, journal, GONE_MS) != 0) {
+		th_daemon_dump_log(&D.env.d);
+		fail_msg("the journal holds %" PRId64 " bytes: the flood was never compacted away",
+			 cr_file_size(journal));
+	}
 	check_no_leftovers();
 	check_fsck();
 }
