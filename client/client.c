@@ -138,16 +138,17 @@ int chunkd_find(chunkd_client *c, const chunkd_id *dataset, uint64_t block, chun
 		int pi = chunkd__pin_take(c->me, &pin_hint, word);
 		if (pi < 0)
 			return pi;
-		const struct chunkd_slot *s = &c->cat.slots[e.slot];
-		/* seq_cst: after our pin CAS; pairs with the daemon's CONDEMNED store + pin scan. */
-		uint64_t gs = chunkd__load_seq_cst(&s->gen_state);
+		/* seq_cst: after our pin CAS; pairs with the daemon's CONDEMNED store + pin scan.
+		 * states[] is dense: this load is usually a cache hit, where the 640-byte slot
+		 * would be a cache and TLB miss on every look-up. */
+		uint64_t gs = chunkd__load_seq_cst(&c->cat.states[e.slot]);
 		if (gs == CHUNKD_GEN_STATE(e.gen, CHUNKD_SLOT_PUBLISHED)) {
 			memcpy(ref->id.bytes, e.id, CHUNKD_ID_SIZE);
 			ref->dataset = *dataset;
 			ref->first_block = e.first;
 			ref->end_block = e.end;
 			/* Immutable while pinned: the daemon never rewrites a pinned incarnation. */
-			ref->path = s->path;
+			ref->path = c->cat.slots[e.slot].path;
 			ref->_pin = (uint32_t)pi;
 			ref->_slot = e.slot;
 			ref->_word = word;
@@ -173,7 +174,7 @@ void chunkd_release(chunkd_client *c, chunkd_ref *ref)
 	chunkd__pin_clear(c->me, ref->_pin);
 	if (ref->_slot < c->cat.geom.max_chunks) {
 		/* seq_cst: after the cleared pin; see chunkd__pin_clear. */
-		uint64_t gs = chunkd__load_seq_cst(&c->cat.slots[ref->_slot].gen_state);
+		uint64_t gs = chunkd__load_seq_cst(&c->cat.states[ref->_slot]);
 		if (CHUNKD_GS_STATE(gs) == CHUNKD_SLOT_CONDEMNED &&
 		    CHUNKD_GS_GEN(gs) == CHUNKD_PIN_GEN(ref->_word))
 			chunkd__doorbell_ring(c->req.hdr);

@@ -144,7 +144,7 @@ int chunkd_status(chunkd_client *c, const chunkd_id *id, chunkd_chunk_status *st
 	if (r < 0)
 		return r;
 	struct chunkd_slot_copy s;
-	r = chunkd__slot_read(&c->cat.slots[e.slot], &s);
+	r = chunkd__slot_read(&c->cat, e.slot, &s);
 	if (r < 0)
 		return r;
 	/* The index may be a moment older than the slot: the slot must still be this incarnation

@@ -70,7 +70,7 @@ int chunkd__catalog_init(struct catalog *c, struct chunkd_cat_map *cat,
 		return 0;
 	c->nfree = 0;
 	for (uint32_t i = c->cap; i-- > 0;) {
-		uint64_t gs = i < hwm ? chunkd__load_relaxed(&cat->slots[i].gen_state) : 0;
+		uint64_t gs = i < hwm ? chunkd__load_relaxed(&cat->states[i]) : 0;
 		c->sp[i].gen = CHUNKD_GS_GEN(gs);
 		c->sp[i].state = CHUNKD_GS_STATE(gs) <= CHUNKD_SLOT_CONDEMNED ? CHUNKD_GS_STATE(gs)
 									     : CHUNKD_SLOT_FREE;
@@ -148,7 +148,7 @@ static void store_gen_state(struct catalog *c, uint32_t slot)
 {
 	/* seq_cst: the client's pin recheck loads this after its seq_cst pin CAS; the daemon's
 	 * following pin scan loads the pins with seq_cst (docs/shm-layout.md, pin protocol). */
-	chunkd__store_seq_cst(&c->cat->slots[slot].gen_state,
+	chunkd__store_seq_cst(&c->cat->states[slot],
 			      CHUNKD_GEN_STATE(c->sp[slot].gen, c->sp[slot].state));
 }
 

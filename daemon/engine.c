@@ -498,7 +498,7 @@ static void queue_remove(struct engine *e, struct job *j)
 static void slot_free(struct engine *e, uint32_t slot)
 {
 	struct chunkd_slot_copy s;
-	if (chunkd__slot_read(&e->cat->cat->slots[slot], &s) == 0)
+	if (chunkd__slot_read(e->cat->cat, slot, &s) == 0)
 		dsv_remove(e, s.dataset, s.first_block, slot);
 	chunkd__catalog_set_state(e->cat, slot, CHUNKD_SLOT_CONDEMNED);
 	chunkd__catalog_release_slot(e->cat, slot);
@@ -531,7 +531,7 @@ static int same_desc_dl(const struct dlc *a, const struct dlc *b)
 static int same_desc_published(struct engine *e, uint32_t slot, const struct dlc *dl)
 {
 	struct chunkd_slot_copy s;
-	if (chunkd__slot_read(&e->cat->cat->slots[slot], &s) < 0)
+	if (chunkd__slot_read(e->cat->cat, slot, &s) < 0)
 		return 0;
 	if (chunkd__id_cmp(s.dataset, dl->dataset) || s.first_block != dl->first_block ||
 	    s.end_block != dl->end_block || s.nfiles != dl->nfiles)
@@ -666,7 +666,7 @@ static void on_download(struct engine *e, const struct dlc *dl, uint32_t client,
 			return;
 		}
 		struct chunkd_slot_copy s;
-		if (chunkd__slot_read(&e->cat->cat->slots[slot], &s) < 0 ||
+		if (chunkd__slot_read(e->cat->cat, slot, &s) < 0 ||
 		    chunkd__id_cmp(s.dataset, dl->dataset) || s.first_block != dl->first_block ||
 		    s.end_block != dl->end_block || s.nfiles != dl->nfiles) {
 			post(e, client, owner, dl->ticket, -EEXIST);
@@ -744,7 +744,7 @@ static void on_delete(struct engine *e, const uint64_t id[4], uint64_t ticket, u
 	struct chunkd_slot_copy s;
 	if (!j && st == CHUNKD_SLOT_PUBLISHED) {
 		j = job_new(e, (uint32_t)slot);
-		if (!j || chunkd__slot_read(&e->cat->cat->slots[slot], &s) < 0) {
+		if (!j || chunkd__slot_read(e->cat->cat, slot, &s) < 0) {
 			if (j)
 				job_free(e, j);
 			post(e, client, owner, ticket, -ENOMEM);
@@ -2532,7 +2532,7 @@ int chunkd__engine_create(struct loop *l, const struct engine_config *cfg, struc
 		if (e->cat->sp[s].state != CHUNKD_SLOT_CONDEMNED)
 			continue;
 		struct job *j = job_new(e, s);
-		if (!j || chunkd__slot_read(&e->cat->cat->slots[s], &j->desc) < 0) {
+		if (!j || chunkd__slot_read(e->cat->cat, s, &j->desc) < 0) {
 			if (j)
 				job_free(e, j);
 			goto err;

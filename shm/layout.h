@@ -12,7 +12,7 @@
 
 #include "chunkd.h"
 
-#define CHUNKD_SHM_VERSION 3u
+#define CHUNKD_SHM_VERSION 4u
 #define CHUNKD_CAT_MAGIC 0x31544143444b4e43ull /* "CNKDCAT1" little-endian */
 #define CHUNKD_REQ_MAGIC 0x31514552444b4e43ull /* "CNKDREQ1" little-endian */
 
@@ -28,7 +28,7 @@
 #define CHUNKD_LIMIT_MAX_CHUNKS (1u << 22)
 #define CHUNKD_LIMIT_MAX_CLIENTS 4096u
 
-/* Slot states (low 32 bits of gen_state). Only PUBLISHED is findable. */
+/* Slot states (low 32 bits of a slot's gen_state word in states[]). Only PUBLISHED is findable. */
 enum chunkd_slot_state {
 	CHUNKD_SLOT_FREE = 0,
 	CHUNKD_SLOT_QUEUED = 1,
@@ -84,7 +84,7 @@ struct chunkd_cat_hdr {
 };
 
 struct chunkd_slot {
-	uint64_t gen_state; /* atomic, seq_cst: gen << 32 | state */
+	uint64_t _reserved; /* zero (the slot's gen_state lives in the dense states[] array) */
 	uint32_t seq;       /* seqlock over everything below */
 	uint32_t nfiles;
 	uint64_t id[4];

@@ -61,7 +61,8 @@ void chunkd__cat_geometry(uint32_t max_chunks, struct chunkd_cat_geom *g)
 	g->index_off[0] =
 		ALIGN_UP(g->slots_off + (uint64_t)max_chunks * sizeof(struct chunkd_slot), CHUNKD_PAGE);
 	g->index_off[1] = g->index_off[0] + g->index_bytes;
-	g->size = g->index_off[1] + g->index_bytes;
+	g->states_off = g->index_off[1] + g->index_bytes;
+	g->size = g->states_off + ALIGN_UP((uint64_t)max_chunks * 8, CHUNKD_PAGE);
 }
 
 void chunkd__req_geometry(uint32_t max_clients, struct chunkd_req_geom *g)
@@ -78,6 +79,7 @@ void chunkd__cat_bind(struct chunkd_cat_map *m, void *base, const struct chunkd_
 	uint8_t *b = base;
 	m->hdr = base;
 	m->slots = (struct chunkd_slot *)(b + g->slots_off);
+	m->states = (uint64_t *)(b + g->states_off);
 	for (int i = 0; i < 2; i++) {
 		uint8_t *ix = b + g->index_off[i];
 		m->idx[i].hdr = (struct chunkd_idx_hdr *)ix;
@@ -145,26 +147,30 @@ static int map_object(const char *name, const char *suffix, int writable, void *
 	return 0;
 }
 
-/* Common header checks: magic, ready flag, format. */
-static int check_header(const char *what, uint64_t magic, uint64_t want_magic, uint32_t format,
-			const uint32_t *version, char *err, size_t errlen)
+/* Common header checks: ready flag, magic, format. The ready flag comes first: a daemon sizes a
+ * new object (all zeros) before it writes the header, so a zero version means "not yet", not a
+ * foreign file. */
+static int check_header(const char *what, const uint64_t *magic, uint64_t want_magic,
+			const uint32_t *format, const uint32_t *version, char *err, size_t errlen)
 {
-	if (magic != want_magic) {
-		set_err(err, errlen, "%s: bad magic 0x%016llx (not a chunkd segment, or other endianness)",
-			what, (unsigned long long)magic);
-		return -EPROTO;
-	}
 	/* Pairs with the daemon's release store of version after initialising the segment. */
 	uint32_t v = chunkd__load_acquire(version);
 	if (v == 0) {
 		set_err(err, errlen, "%s: the daemon is still initialising the segment", what);
 		return -EAGAIN;
 	}
-	if (v != CHUNKD_SHM_VERSION || format != CHUNKD_SHM_FORMAT) {
+	uint64_t mg = chunkd__load_relaxed(magic);
+	uint32_t f = chunkd__load_relaxed(format);
+	if (mg != want_magic) {
+		set_err(err, errlen, "%s: bad magic 0x%016llx (not a chunkd segment, or other endianness)",
+			what, (unsigned long long)mg);
+		return -EPROTO;
+	}
+	if (v != CHUNKD_SHM_VERSION || f != CHUNKD_SHM_FORMAT) {
 		set_err(err, errlen,
 			"%s: shared-memory layout version %u (format 0x%08x), this library speaks "
 			"version %u (format 0x%08x)",
-			what, v, format, CHUNKD_SHM_VERSION, CHUNKD_SHM_FORMAT);
+			what, v, f, CHUNKD_SHM_VERSION, CHUNKD_SHM_FORMAT);
 		return -EPROTO;
 	}
 	return 0;
@@ -180,7 +186,7 @@ int chunkd__cat_attach(const char *name, int writable, struct chunkd_cat_map *m,
 	if (r < 0)
 		return r;
 	struct chunkd_cat_hdr *h = base;
-	r = check_header("catalogue", h->magic, CHUNKD_CAT_MAGIC, h->format, &h->version, err,
+	r = check_header("catalogue", &h->magic, CHUNKD_CAT_MAGIC, &h->format, &h->version, err,
 			 errlen);
 	if (r < 0)
 		goto err_unmap;
@@ -211,8 +217,8 @@ int chunkd__req_attach(const char *name, int writable, struct chunkd_req_map *m,
 	if (r < 0)
 		return r;
 	struct chunkd_req_hdr *h = base;
-	r = check_header("request segment", h->magic, CHUNKD_REQ_MAGIC, h->format, &h->version, err,
-			 errlen);
+	r = check_header("request segment", &h->magic, CHUNKD_REQ_MAGIC, &h->format, &h->version,
+			 err, errlen);
 	if (r < 0)
 		goto err_unmap;
 	struct chunkd_req_geom g;
@@ -254,15 +260,16 @@ void chunkd__doorbell_ring(struct chunkd_req_hdr *hdr)
 	syscall(SYS_futex, &hdr->doorbell, FUTEX_WAKE, 1, NULL, NULL, 0);
 }
 
-int chunkd__slot_read(const struct chunkd_slot *s, struct chunkd_slot_copy *out)
+int chunkd__slot_read(const struct chunkd_cat_map *m, uint32_t slot, struct chunkd_slot_copy *out)
 {
+	const struct chunkd_slot *s = &m->slots[slot];
 	for (uint32_t tries = 0; tries < CHUNKD_SEQ_SPINS; tries++) {
 		uint32_t q = chunkd__seq_read_begin(&s->seq);
 		if (q & 1u) {
 			chunkd__cpu_relax();
 			continue;
 		}
-		out->gen_state = chunkd__load_relaxed(&s->gen_state);
+		out->gen_state = chunkd__load_relaxed(&m->states[slot]);
 		out->nfiles = chunkd__load_relaxed(&s->nfiles);
 		chunkd__load_id_relaxed(out->id, s->id);
 		chunkd__load_id_relaxed(out->dataset, s->dataset);

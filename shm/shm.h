@@ -28,6 +28,7 @@ struct chunkd_cat_geom {
 	uint64_t index_off[2];
 	uint64_t index_bytes;
 	uint64_t ds_off, ranges_off, ids_off; /* inside an index copy */
+	uint64_t states_off; /* u64 gen_state per slot, dense (the pin recheck's one load) */
 	uint64_t size;
 };
 
@@ -46,6 +47,7 @@ void chunkd__req_geometry(uint32_t max_clients, struct chunkd_req_geom *g);
 struct chunkd_cat_map {
 	struct chunkd_cat_hdr *hdr;
 	struct chunkd_slot *slots;
+	uint64_t *states; /* gen_state of slot i: gen << 32 | state; atomic, seq_cst */
 	struct chunkd_idx_view idx[2];
 	struct chunkd_cat_geom geom; /* from the header, validated against the object's size */
 	size_t size;
@@ -129,7 +131,9 @@ void chunkd__idx_publish(struct chunkd_cat_map *m, const struct chunkd_idx_entry
 
 /* ---- slots ---------------------------------------------------------------------------------- */
 
-/* A consistent copy of a slot's seqlocked fields (path included). 0 or -EAGAIN. */
+/* A consistent copy of slot `slot`'s seqlocked fields (path included), and its gen_state as
+ * loaded at the same time (not covered by the seqlock: a state change is a single atomic
+ * store). 0 or -EAGAIN. */
 struct chunkd_slot_copy {
 	uint64_t gen_state;
 	uint32_t nfiles;
@@ -144,7 +148,7 @@ struct chunkd_slot_copy {
 	uint32_t _pad;
 	char message[CHUNKD_SLOT_MSG_MAX] __attribute__((aligned(8)));
 };
-int chunkd__slot_read(const struct chunkd_slot *s, struct chunkd_slot_copy *out);
+int chunkd__slot_read(const struct chunkd_cat_map *m, uint32_t slot, struct chunkd_slot_copy *out);
 
 /* Daemon: write every seqlocked field of a slot from a copy (gen_state is not touched). */
 void chunkd__slot_write(struct chunkd_slot *s, const struct chunkd_slot_copy *in);

@@ -559,7 +559,7 @@ static uint32_t walk_slots(struct dump *d, int emit)
 		uint64_t off = m->geom.slots_off + (uint64_t)i * sizeof(struct chunkd_slot);
 		if (!datamap_has(&d->cat_data, off, sizeof(struct chunkd_slot)))
 			continue; /* never written: FREE at generation 0 */
-		int r = chunkd__slot_read(&m->slots[i], &c);
+		int r = chunkd__slot_read(m, i, &c);
 		uint32_t state = CHUNKD_GS_STATE(c.gen_state);
 		if (r == 0 && state == CHUNKD_SLOT_FREE)
 			continue;

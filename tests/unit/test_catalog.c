@@ -48,7 +48,7 @@ static void check_index(struct catalog *c, struct mchunk *m, int n)
 			published++;
 			assert_int_equal(got, 0);
 			assert_int_equal(r.slot, (uint32_t)m[i].slot);
-			assert_int_equal(chunkd__load_relaxed(&c->cat->slots[r.slot].gen_state),
+			assert_int_equal(chunkd__load_relaxed(&c->cat->states[r.slot]),
 					 CHUNKD_GEN_STATE(r.gen, CHUNKD_SLOT_PUBLISHED));
 		} else {
 			assert_int_equal(got, -ENOENT);
@@ -144,7 +144,7 @@ static void test_full_and_generations(void **state)
 	struct chunkd_req_client *cl = chunkd__req_client(&req, 0);
 	cl->ctl.owner = 1;
 	uint32_t hint = 0;
-	uint32_t gen = CHUNKD_GS_GEN(cat.slots[2].gen_state);
+	uint32_t gen = CHUNKD_GS_GEN(cat.states[2]);
 	chunkd__pin_take(cl, &hint, CHUNKD_PIN_WORD(2, gen));
 	chunkd__catalog_set_state(&c, 2, CHUNKD_SLOT_CONDEMNED);
 	assert_int_equal(chunkd__catalog_pins(&c, 2), 1);
@@ -153,10 +153,10 @@ static void test_full_and_generations(void **state)
 	chunkd__catalog_release_slot(&c, 2);
 	/* Reuse bumps the generation, so old pin words never match the new incarnation. */
 	assert_int_equal(chunkd__catalog_alloc(&c, &d, CHUNKD_SLOT_PUBLISHED), 2);
-	assert_int_equal(CHUNKD_GS_GEN(cat.slots[2].gen_state), gen + 1);
+	assert_int_equal(CHUNKD_GS_GEN(cat.states[2]), gen + 1);
 	chunkd__catalog_flush(&c);
 	struct chunkd_slot_copy got;
-	assert_int_equal(chunkd__slot_read(&cat.slots[2], &got), 0);
+	assert_int_equal(chunkd__slot_read(&cat, 2, &got), 0);
 	assert_string_equal(got.path, d.path);
 	assert_true(got.published_ns != 0);
 	chunkd__catalog_free_all(&c);

@@ -79,7 +79,7 @@ static void test_count_matches_incarnation(void **state)
 
 static void daemon_side(struct chunkd_cat_map *cat, struct chunkd_req_map *req, struct shared *sh)
 {
-	uint64_t *gs = &cat->slots[SLOT].gen_state;
+	uint64_t *gs = &cat->states[SLOT];
 	uint64_t t0 = fixture_now_ms(), seed = 99;
 	uint32_t gen = 1;
 	while (fixture_now_ms() - t0 < RUN_MS) {
@@ -101,7 +101,7 @@ static void client_side(struct chunkd_cat_map *cat, struct chunkd_req_map *req, 
 			int me)
 {
 	struct chunkd_req_client *cl = chunkd__req_client(req, (uint32_t)me);
-	const uint64_t *gs = &cat->slots[SLOT].gen_state;
+	const uint64_t *gs = &cat->states[SLOT];
 	uint32_t hint = (uint32_t)me * 7;
 	uint64_t held = 0, bad = 0;
 	while (!chunkd__load_acquire(&sh->stop)) {

@@ -57,7 +57,9 @@ static void test_geometry(void **state)
 		assert_int_equal(g.index_bytes % CHUNKD_PAGE, 0);
 		assert_true(g.index_off[0] >= g.slots_off + (uint64_t)caps[i] * sizeof(struct chunkd_slot));
 		assert_int_equal(g.index_off[1], g.index_off[0] + g.index_bytes);
-		assert_int_equal(g.size, g.index_off[1] + g.index_bytes);
+		assert_int_equal(g.states_off, g.index_off[1] + g.index_bytes);
+		assert_int_equal(g.states_off % CHUNKD_PAGE, 0);
+		assert_true(g.size >= g.states_off + (uint64_t)caps[i] * 8);
 		assert_int_equal(g.ranges_off % CHUNKD_CACHELINE, 0);
 		assert_int_equal(g.ids_off % CHUNKD_CACHELINE, 0);
 		assert_true(g.ranges_off >= g.ds_off + (uint64_t)caps[i] * 40);
