@@ -18,7 +18,7 @@
 #include "shm/shm.h"
 
 /* Where each thread starts looking for a free pin entry: spreads threads over the table. */
-static __thread uint32_t pin_hint;
+static __thread uint32_t pin_hint __attribute__((tls_model("initial-exec")));
 
 static uint64_t now_realtime_ns(void)
 {
@@ -169,9 +169,11 @@ void chunkd_release(chunkd_client *c, chunkd_ref *ref)
 {
 	if (!c || !ref || ref->_pin >= CHUNKD_PINS_PER_CLIENT || ref->_word == 0)
 		return;
-	if (chunkd__load_relaxed(&c->me->pins[ref->_pin]) != ref->_word)
-		return; /* not ours (released twice, or never found) */
-	chunkd__pin_clear(c->me, ref->_pin);
+	/* One seq_cst CAS clears our entry and checks it was ours (not released twice, or never
+	 * found): it orders the clear before the following seq_cst load, like chunkd__pin_clear. */
+	uint64_t expect = ref->_word;
+	if (!chunkd__cas_seq_cst(&c->me->pins[ref->_pin], &expect, 0))
+		return;
 	if (ref->_slot < c->cat.geom.max_chunks) {
 		/* seq_cst: after the cleared pin; see chunkd__pin_clear. */
 		uint64_t gs = chunkd__load_seq_cst(&c->cat.states[ref->_slot]);
