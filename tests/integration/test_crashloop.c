@@ -174,12 +174,40 @@ err:
 	return -1;
 }
 
+/*
+ * CHUNKD_CRASH_KEEP_LOGS=DIR: before the test's files are removed, move every daemon's log and
+ * a listing of the data dir (ls -lR) into DIR/<instance name>/, for a post-mortem of a failed
+ * long run. Off by default: a test leaves nothing behind.
+ */
+static void keep_logs(void)
+{
+	const char *keep = getenv("CHUNKD_CRASH_KEEP_LOGS");
+	char dir[PATH_MAX], from[PATH_MAX], to[2 * PATH_MAX];
+	if (!keep || !*keep || !C.env.root[0])
+		return;
+	snprintf(dir, sizeof(dir), "%s/%s", keep, C.env.name);
+	if (th_mkdirs(dir, 0755) < 0)
+		return;
+	for (unsigned n = 0; n < C.env.nstarts; n++) {
+		cr_sup_log(&C.sup, n, from, sizeof(from));
+		snprintf(to, sizeof(to), "%s/daemon-%u.log", dir, n);
+		if (rename(from, to) < 0)
+			fprintf(stderr, "test_crashloop: cannot keep %s: %s\n", from,
+				strerror(errno));
+	}
+	snprintf(to, sizeof(to), "%s/data-dir.txt", dir);
+	const char *const argv[] = {"ls", "-lR", "--full-time", C.env.data_dir, NULL};
+	th_run(argv, to, to, 30000);
+	fprintf(stderr, "test_crashloop: daemon logs kept in %s\n", dir);
+}
+
 static int group_teardown(void **state)
 {
 	(void)state;
 	chunkd_close(C.c);
 	th_children_kill_all();
 	th_daemon_cleanup(&C.env.d);
+	keep_logs();
 	fh_server_stop(&C.origin);
 	fh_origin_free(&C.bytes);
 	if (C.sh)

@@ -23,6 +23,8 @@
  *    .chunkd-meta and before the rename must not make the next one fail the chunk (-EEXIST).
  * f) Regression found by test_crashloop's long mode: journal compaction while a second download
  *    of a chunk had joined the first must not lose the first ticket across a crash.
+ * g) Regression found by test_crashloop's long mode: a download whose path in chunks/ holds a
+ *    leftover directory without metadata must end, not retry its rename for ever.
  *
  * CHUNKD_TEST_FILTER=pattern runs only the matching cases.
  */
@@ -952,6 +954,64 @@ static void test_compaction_keeps_tickets_of_joined_downloads(void **state)
 	check_fsck();
 }
 
+/* ---- g) regression: a leftover directory without metadata where the chunk belongs ----------- */
+
+/*
+ * test_crashloop's long mode ended with a download that never finished: the last daemon's scan
+ * said "skipping chunks/<ds>/<chunk>: no .chunkd-meta file" (a directory without metadata at the
+ * very path of a chunk the journal wanted present, most likely a removal the previous daemon
+ * did in place in chunks/ when it was killed), then "resuming from staging (3 of 3 files
+ * complete)", and the chunk stayed DOWNLOADING with all its bytes for two minutes: its rename
+ * found the path taken (-EEXIST) and was retried every 50 ms for ever. Here the leftover is made
+ * by hand: a chunk directory holding part of one file and no .chunkd-meta. A download of that
+ * chunk must end: either published (the leftover replaced, byte-identical) or failed for good,
+ * visibly (FAILED in chunkd_status) with the leftover left alone.
+ */
+static void test_download_onto_leftover_dir_without_meta_ends(void **state)
+{
+	const struct th_chunk *ch = &D.env.man.chunks[0];
+	const struct fh_origin_chunk *oc = fh_origin_find(&D.small_bytes, &ch->id);
+	struct fh_desc desc;
+	chunkd_chunk_status st;
+	char path[PATH_MAX], f[2 * PATH_MAX], s[256];
+	uint64_t t;
+	(void)state;
+
+	stop_cleanly();
+	fh_chunk_path(path, sizeof(path), D.env.data_dir, ch);
+	th_assert_ok(th_mkdirs(path, 0755));
+	snprintf(f, sizeof(f), "%s/%s", path, ch->files[0].name);
+	th_assert_ok(th_write_file(f, oc->data[0], oc->len[0] / 3));
+	restart(NULL);
+	if (cr_count_lines(cur_log(), "no .chunkd-meta file") != 1) {
+		th_daemon_dump_log(&D.env.d);
+		fail_msg("the daemon did not skip the directory without metadata");
+	}
+
+	th_assert_ok(fh_desc_init(&desc, ch, D.nginx_url));
+	th_assert_ok(chunkd_download(D.c, &desc.c, &t));
+	int r = chunkd_wait(D.c, t, 30000);
+	th_assert_ok(chunkd_status(D.c, &ch->id, &st));
+	fh_status_str(&st, s, sizeof(s));
+	fprintf(stderr, "test_durable: download onto the leftover: %d (%s); %s\n", r,
+		chunkd_strerror(r), s);
+	if (r == -ETIMEDOUT) {
+		th_daemon_dump_log(&D.env.d);
+		fail_msg(
+		    "the download of a chunk whose path holds a leftover directory did not end "
+		    "in 30 s: %s",
+		    s);
+	}
+	if (r == 0) {
+		check_published(ch, &D.small_bytes);
+	} else {
+		assert_int_equal(st.state, CHUNKD_CHUNK_FAILED);
+		assert_int_equal(st.last_error, r);
+		assert_true(th_exists(f));
+	}
+	check_no_leftovers();
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -968,6 +1028,8 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_crash_after_meta_write_resumes_and_publishes,
 					    setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_compaction_keeps_tickets_of_joined_downloads,
+					    setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_download_onto_leftover_dir_without_meta_ends,
 					    setup, teardown),
 	};
 	/* CHUNKD_TEST_FILTER=pattern runs only the matching cases, e.g. "test_journal*". */
