@@ -96,7 +96,6 @@ struct job {
 	int running;          /* 0, or RUN_*: counted and linked in the run list */
 	enum job_state was;   /* the step a cancellation interrupted */
 	int in_chunks;        /* a cancelled download had already been renamed into chunks/ */
-	uint64_t retry_at;    /* J_RENAME waiting for an old incarnation to go */
 	int dead;             /* freed by job_free; the struct waits in the graveyard */
 	struct job *next;     /* queue link (graveyard link once dead) */
 	struct job *next_run; /* run list link */
@@ -1606,9 +1605,16 @@ static void on_job_op(struct loop *l, struct op *op, int res, uint32_t flags)
 		break;
 	case J_RENAME:
 		if (res == -EEXIST) {
-			/* An old incarnation of the same chunk is still in place (being
-			 * removed); try again shortly (chunkd__engine_run). */
-			j->retry_at = chunkd__mono_ms() + 50;
+			/* A directory is in the way that is not a published copy of this chunk
+			 * (the id's slot is ours): a leftover the start-up scan reported as
+			 * malformed. chunkd never deletes those by itself; fail visibly. */
+			j->fail_err = -EEXIST;
+			set_msg(j->fail_msg, "its directory in chunks/ exists and is not a "
+				"published chunk: remove it, then download again");
+			log_error("chunk slot %u: %s exists and is not a published chunk (see the "
+				  "start-up scan's warnings); remove it and download again", j->slot,
+				  j->desc.path);
+			start_cancel(e, j);
 			return;
 		}
 		if (res < 0) {
@@ -1686,9 +1692,15 @@ static void job_fail_or_cancel_done(struct engine *e, struct job *j)
 		j->tmpname[0] = '\0';
 	}
 	if (j->in_chunks) {
-		char rel[CHUNKD_META_REL_PATH_LEN + 1];
+		/* Renamed into chunks/ but never published: move it to trash/ first, so that a
+		 * crash half way through the removal leaves nothing in chunks/ (trash/ is purged
+		 * at start). */
+		char rel[CHUNKD_META_REL_PATH_LEN + 1], gone[96];
 		make_rel_path(j->dl, rel, sizeof(rel));
-		int r = chunkd__rm_tree_at(e->chunks_fd, rel);
+		snprintf(gone, sizeof(gone), "unpublished.%llu", (unsigned long long)++e->seq);
+		int r = renameat(e->chunks_fd, rel, e->trash_fd, gone) < 0 ? -errno : 0;
+		if (r == 0)
+			r = chunkd__rm_tree_at(e->trash_fd, gone);
 		if (r < 0)
 			log_warn("chunk slot %u: removing unpublished chunks/%s: %s", slot, rel,
 				 strerror(-r));
@@ -1991,15 +2003,6 @@ uint64_t chunkd__engine_run(struct engine *e)
 	}
 	for (struct job *j = e->run_list, *next; j; j = next) {
 		next = j->next_run;
-		if (j->state == J_RENAME && j->retry_at) {
-			if (j->retry_at <= now) {
-				j->retry_at = 0;
-				job_step(e, j);
-			} else if (j->retry_at < deadline) {
-				deadline = j->retry_at;
-			}
-			continue;
-		}
 		if (j->state != J_RUNNING)
 			continue;
 		int progressed = 0;
