@@ -339,7 +339,8 @@ static struct entry *scan_data_dir(const char *dir, size_t *n)
 		if (strlen(de->d_name) != 64 || hex_to_id(de->d_name, ds))
 			continue;
 		char sub[4096 + 96];
-		snprintf(sub, sizeof(sub), "%s/%s", path, de->d_name);
+		if (snprintf(sub, sizeof(sub), "%s/%s", path, de->d_name) >= (int)sizeof(sub))
+			die("%s/%s: path too long", path, de->d_name);
 		DIR *d = opendir(sub);
 		if (!d)
 			die("%s: %s", sub, strerror(errno));
