@@ -2041,9 +2041,27 @@ uint64_t chunkd__engine_run(struct engine *e)
 		if (progressed && !j->dead && j->state == J_RUNNING)
 			slot_sync(e, j); /* progress for chunkd_status and chunkd-dump */
 	}
+	/* curl's timers can end transfers (a failure schedules a retry), and so can a failed
+	 * start above: the retry times are collected after everything else has run, or the loop
+	 * would sleep past them until some unrelated event (seen: a 1 s late retry). */
 	uint64_t h = chunkd__http_run(e);
 	if (h < deadline)
 		deadline = h;
+	for (struct job *j = e->run_list; j; j = j->next_run) {
+		if (j->dead || j->state != J_RUNNING)
+			continue;
+		/* At the transfer cap, a finishing transfer's completion wakes the loop: no
+		 * deadline then, or a due retry would make it spin. */
+		if (e->quiescing || e->running_xfers >= e->cfg.transfers)
+			break;
+		for (uint32_t i = 0; i < j->dl->nfiles; i++) {
+			const struct xfer *x = &j->x[i];
+			if (x->state == X_RETRY && x->retry_at < deadline)
+				deadline = x->retry_at;
+			if (x->state == X_IDLE)
+				deadline = now; /* startable now: go round again at once */
+		}
+	}
 	return deadline;
 }
 
