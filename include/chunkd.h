@@ -229,8 +229,9 @@ CHUNKD_API const char *chunkd_strerror(int err);
 
 /*
  * chunkd_last_error — detail about the last failed chunkd_open() in the calling thread (for
- * example both layout versions of an -EPROTO), or "" when there is none. Thread-local, static
- * storage, valid until the thread's next chunkd_open().
+ * example both layout versions of an -EPROTO), or about the last descriptor chunkd_download()
+ * refused with -EINVAL (which file, what is wrong), or "" when there is none. Thread-local,
+ * static storage, valid until the thread's next chunkd_open() or refused chunkd_download().
  */
 CHUNKD_API const char *chunkd_last_error(void);
 
