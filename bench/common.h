@@ -7,6 +7,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #include "chunkd.h"
 
@@ -52,5 +53,89 @@ extern unsigned bench_eproto_retries;
  */
 void bench_row(const char *bench, const char *what, const char *value, const char *ratio,
 	       const char *target, const char *status);
+
+
+/* ---- processes, files and /proc (bench-download, bench-request, bench-start) ----------------- */
+
+/*
+ * bench_spawn — start argv[0] (searched in $PATH when it has no '/') with stdin from /dev/null
+ * and stdout and stderr appended to `log` (NULL: inherited). The child gets SIGKILL when this
+ * process dies (PR_SET_PDEATHSIG), so that no tool outlives an aborted benchmark.
+ * @return  the child's pid, or a negative errno.
+ */
+pid_t bench_spawn(char *const argv[], const char *log);
+
+/*
+ * bench_wait_child — wait for child `pid` to exit.
+ * @cpu_s   if not NULL, receives the child's user + system CPU seconds (wait4's rusage).
+ * @maxrss  if not NULL, receives its peak resident set in KiB (ru_maxrss).
+ * @return  the exit status (0-255), 128 + the signal that killed it, or a negative errno.
+ */
+int bench_wait_child(pid_t pid, double *cpu_s, long *maxrss_kib);
+
+/* bench_run — bench_spawn + bench_wait_child; the same return values. */
+int bench_run(char *const argv[], const char *log, double *cpu_s, long *maxrss_kib);
+
+/* bench_rm_rf — remove `path` and everything below it (no-op if missing); 0 or a negative errno.
+ * Does not follow symbolic links. */
+int bench_rm_rf(const char *path);
+
+/* bench_proc_cpu_s — user + system CPU seconds of process pid so far, all its threads (fields
+ * utime and stime of /proc/PID/stat, in clock ticks); -1 if it cannot be read. */
+double bench_proc_cpu_s(pid_t pid);
+
+/* bench_proc_status_kib — the value in KiB of line `key` (e.g. "VmHWM") of /proc/PID/status;
+ * -1 if missing. */
+long bench_proc_status_kib(pid_t pid, const char *key);
+
+/* bench_remove_instance — remove the shared-memory objects /dev/shm/chunkd.NAME.{cat,req,lock} */
+void bench_remove_instance(const char *name);
+
+/* bench_loadavg — the 1, 5 and 15-minute load averages as "a b c" into out. */
+void bench_loadavg(char *out, size_t len);
+
+/* bench_mkdtemp — create a fresh directory "<dir>/<prefix>XXXXXX" into out (len bytes);
+ * 0 or a negative errno. */
+int bench_mkdtemp(const char *dir, const char *prefix, char *out, size_t len);
+
+/* bench_percentile — the p-th percentile (0 < p <= 100) of n sorted values: the smallest value
+ * with at least p % of the values at or below it. */
+double bench_percentile(const double *sorted, size_t n, double p);
+
+/* bench_sort — sort n values in place, ascending. */
+void bench_sort(double *v, size_t n);
+
+/*
+ * A chunkd daemon started by a benchmark (bench-download, bench-request): its pid, a pidfd to
+ * notice its exit, and the log file its stdout and stderr go to.
+ */
+struct bench_daemon {
+	pid_t pid;
+	int pidfd;
+	const char *log;
+};
+
+/*
+ * bench_daemon_start — spawn argv (chunkd and its options, --name name among them) with its
+ * output appended to `log`, wait up to wait_ms for the instance to report READY and attach.
+ * @c       receives the open handle; the caller closes it.
+ * @return  0; -ECHILD the daemon exited first; -ETIMEDOUT; another negative errno. On failure
+ *          the daemon is killed and reaped, and the tail of its log is printed on stderr.
+ */
+int bench_daemon_start(struct bench_daemon *d, char *const argv[], const char *log,
+		       const char *name, uint64_t wait_ms, chunkd_client **c);
+
+/*
+ * bench_daemon_stop — SIGTERM, then wait up to wait_ms for the exit (SIGKILL after that).
+ * @return  the exit status (0 is a clean stop), 128 + signal, or a negative errno. A non-zero
+ *          result prints the tail of the log on stderr. Safe on a daemon already stopped.
+ */
+int bench_daemon_stop(struct bench_daemon *d, uint64_t wait_ms);
+
+/* bench_show_log — the last `lines` lines of file `log` on stderr, under a heading. */
+void bench_show_log(const char *what, const char *log, int lines);
+
+/* bench_fmt_bytes — "800.0 MB" (decimal units) into out. */
+const char *bench_fmt_bytes(double bytes, char *out, size_t len);
 
 #endif
