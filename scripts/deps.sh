@@ -29,6 +29,8 @@ PACKAGES=(
 	libtsan2             # gcc-12 ThreadSanitizer runtime (scripts/test.sh --sanitize thread)
 	util-linux           # setarch: runs TSan with ASLR off where the kernel needs it; flock
 	procps               # ps, pgrep: the scripts inspect processes they started
+	curl                 # tests/servers/nginx.sh; bench-download (curl --parallel)
+	aria2                # bench-download (aria2c)
 )
 
 check_only=0
