@@ -232,9 +232,10 @@ int main(int argc, char **argv)
 		die("out of memory");
 	uint64_t left_dl = npub, left = records, ndl = 0, ndel = 0, ticket = 0;
 	while (left) {
+		ticket++;
 		struct chunkd_jrec rec = {.client = (uint32_t)(ticket % NCLIENTS),
 					  .owner = FAKE_OWNER,
-					  .ticket = ++ticket};
+					  .ticket = ticket};
 		/* A download with probability (downloads left) / (records left). */
 		if (left_dl && rng_next() % left < left_dl) {
 			const struct pub *p = &pub[npub - left_dl];
