@@ -180,6 +180,8 @@ struct engine {
 	uint64_t *replay_owner, *replay_ticket; /* per client: the last journaled request */
 	uint64_t replay_order;
 	uint32_t *rpi_slots; /* hash of replay entries: index + 1, 0 = empty */
+	uint64_t (*forget)[4]; /* replayed deletes of absent chunks: forgotten after the replay */
+	uint32_t nforget, capforget;
 	uint32_t rpi_mask;
 	int fatal;
 };
@@ -2344,6 +2346,27 @@ static struct replayed *rp_get(struct engine *e, const uint64_t id[4])
 	return p;
 }
 
+/* The entry for id if the replay has one, without creating it. */
+static struct replayed *rp_find(struct engine *e, const uint64_t id[4])
+{
+	if (!e->rpi_slots)
+		return NULL;
+	for (uint32_t h = rp_hash(id) & e->rpi_mask; e->rpi_slots[h]; h = (h + 1) & e->rpi_mask)
+		if (!chunkd__id_cmp(e->rp[e->rpi_slots[h] - 1].id, id))
+			return &e->rp[e->rpi_slots[h] - 1];
+	return NULL;
+}
+
+/* A replayed request's result goes to its client only if that slot still has the same owner
+ * (a restart of the workers makes most journaled requesters gone). */
+static int rp_requester_here(struct engine *e, const struct chunkd_jrec *r)
+{
+	if (r->client >= e->nclients || r->owner == 0)
+		return 0;
+	struct chunkd_req_client *cl = chunkd__req_client(&e->in->req, r->client);
+	return (chunkd__load_relaxed(&cl->ctl.owner) & ~CHUNKD_OWNER_CLOSED) == r->owner;
+}
+
 static void rp_post_all(struct engine *e, struct replayed *p, int result)
 {
 	for (uint32_t i = 0; i < p->nw; i++)
@@ -2374,6 +2397,23 @@ static int replay_cb(const struct chunkd_jrec *r, void *arg)
 	if (r->client < e->nclients) {
 		e->replay_owner[r->client] = r->owner;
 		e->replay_ticket[r->client] = r->ticket;
+	}
+	if (r->type == CHUNKD_JREC_DELETE && !rp_find(e, r->id) &&
+	    chunkd__catalog_lookup(e->cat, r->id) < 0) {
+		/* The common case: a delete of a chunk that is not here and that no earlier record
+		 * asked for. Its goal is reached; remember only to forget its record. */
+		if (rp_requester_here(e, r))
+			post(e, r->client, r->owner, r->ticket, 0);
+		if (e->nforget == e->capforget) {
+			uint32_t nc = e->capforget ? 2 * e->capforget : 4096;
+			uint64_t(*f)[4] = realloc(e->forget, sizeof(*f) * nc);
+			if (!f)
+				return -ENOMEM;
+			e->forget = f;
+			e->capforget = nc;
+		}
+		memcpy(e->forget[e->nforget++], r->id, sizeof(e->forget[0]));
+		return 0;
 	}
 	struct replayed *p = rp_get(e, r->id);
 	if (!p)
@@ -2593,6 +2633,11 @@ int chunkd__engine_create(struct loop *l, const struct engine_config *cfg, struc
 		 (unsigned long long)js.records, (unsigned long long)js.live_records,
 		 (double)js.replay_ns / 1e6);
 	replay_apply(e);
+	for (uint32_t i = 0; i < e->nforget; i++)
+		journal_forget_delete(e, e->forget[i]);
+	free(e->forget);
+	e->forget = NULL;
+	e->nforget = e->capforget = 0;
 	purge_staging(e);
 	*out = e;
 	return 0;
@@ -2636,6 +2681,7 @@ void chunkd__engine_destroy(struct engine *e)
 		free(e->rp[i].w);
 	}
 	free(e->rp);
+	free(e->forget);
 	free(e->rpi_slots);
 	e->rpi_slots = NULL;
 	chunkd__journal_close(e->jr);

@@ -534,15 +534,15 @@ int chunkd__meta_parse(const char *buf, size_t len, struct chunkd_meta *m, char 
 
 /* ---- files ------------------------------------------------------------------------------ */
 
-int chunkd__meta_read_at(int dirfd, struct chunkd_meta *m, char *reason, size_t reasonlen)
+static int read_meta_path(int dirfd, const char *path, struct chunkd_meta *m, char *reason,
+			  size_t reasonlen)
 {
 	/* One byte more than the limit, to tell "exactly the limit" from "too large". */
 	char buf[CHUNKD_META_MAX + 1];
 	size_t len = 0;
 	int fd, err = 0;
 
-	fd = openat(dirfd, CHUNKD_META_NAME,
-		    O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY);
+	fd = openat(dirfd, path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY);
 	if (fd < 0)
 		return -errno;
 	while (len < sizeof buf) {
@@ -571,6 +571,20 @@ int chunkd__meta_read_at(int dirfd, struct chunkd_meta *m, char *reason, size_t 
 	if (err)
 		return err;
 	return chunkd__meta_parse(buf, len, m, reason, reasonlen);
+}
+
+int chunkd__meta_read_at(int dirfd, struct chunkd_meta *m, char *reason, size_t reasonlen)
+{
+	return read_meta_path(dirfd, CHUNKD_META_NAME, m, reason, reasonlen);
+}
+
+int chunkd__meta_read_in(int parentfd, const char *dir, struct chunkd_meta *m, char *reason,
+			 size_t reasonlen)
+{
+	char path[CHUNKD_MAX_NAME + sizeof(CHUNKD_META_NAME) + 2];
+	if (snprintf(path, sizeof(path), "%s/%s", dir, CHUNKD_META_NAME) >= (int)sizeof(path))
+		return -ENAMETOOLONG;
+	return read_meta_path(parentfd, path, m, reason, reasonlen);
 }
 
 static int write_all(int fd, const char *buf, size_t len)
