@@ -109,6 +109,15 @@ struct post {
 	uint64_t seq; /* journal records up to this one must be durable before it is posted */
 };
 
+/* A replayed delete whose id had no replay entry when it was read (the common case: a delete of
+ * a chunk that is gone). Decided after the scan, when the catalogue is known. */
+struct absent {
+	uint64_t id[4];
+	uint32_t client;
+	uint64_t owner;
+	uint64_t ticket;
+};
+
 /* What the journal said about one chunk id (start-up replay, before the engine applies it). */
 struct replayed {
 	uint64_t id[4];
@@ -180,8 +189,11 @@ struct engine {
 	uint64_t *replay_owner, *replay_ticket; /* per client: the last journaled request */
 	uint64_t replay_order;
 	uint32_t *rpi_slots; /* hash of replay entries: index + 1, 0 = empty */
-	uint64_t (*forget)[4]; /* replayed deletes of absent chunks: forgotten after the replay */
-	uint32_t nforget, capforget;
+	struct absent *absent; /* replayed deletes that no other record of their id follows */
+	uint32_t nabsent, capabsent;
+	pthread_t replay_thread; /* opens and replays the journal while the disk scan runs */
+	int replay_started, replay_result;
+	struct chunkd_journal_stats jstats;
 	uint32_t rpi_mask;
 	int fatal;
 };
@@ -2222,6 +2234,22 @@ void chunkd__engine_flush(struct engine *e)
 	bury(e);
 }
 
+static int rp_requester_here(struct engine *e, const struct chunkd_jrec *r);
+
+void chunkd__engine_after_ready(struct engine *e)
+{
+	for (uint32_t i = 0; i < e->nabsent; i++) {
+		const struct absent *a = &e->absent[i];
+		struct chunkd_jrec rq = {.client = a->client, .owner = a->owner, .ticket = a->ticket};
+		if (rp_requester_here(e, &rq))
+			post(e, a->client, a->owner, a->ticket, 0);
+		journal_forget_delete(e, a->id);
+	}
+	free(e->absent);
+	e->absent = NULL;
+	e->nabsent = e->capabsent = 0;
+}
+
 int chunkd__engine_fatal(struct engine *e)
 {
 	return e->fatal;
@@ -2398,21 +2426,23 @@ static int replay_cb(const struct chunkd_jrec *r, void *arg)
 		e->replay_owner[r->client] = r->owner;
 		e->replay_ticket[r->client] = r->ticket;
 	}
-	if (r->type == CHUNKD_JREC_DELETE && !rp_find(e, r->id) &&
-	    chunkd__catalog_lookup(e->cat, r->id) < 0) {
-		/* The common case: a delete of a chunk that is not here and that no earlier record
-		 * asked for. Its goal is reached; remember only to forget its record. */
-		if (rp_requester_here(e, r))
-			post(e, r->client, r->owner, r->ticket, 0);
-		if (e->nforget == e->capforget) {
-			uint32_t nc = e->capforget ? 2 * e->capforget : 4096;
-			uint64_t(*f)[4] = realloc(e->forget, sizeof(*f) * nc);
-			if (!f)
+	if (r->type == CHUNKD_JREC_DELETE && !rp_find(e, r->id)) {
+		/* The common case: a delete that no earlier record of its id needs folding into.
+		 * It takes no replay entry (a million deletes of gone chunks would cost a table
+		 * entry each); chunkd__engine_start decides it against the catalogue. */
+		if (e->nabsent == e->capabsent) {
+			uint32_t nc = e->capabsent ? 2 * e->capabsent : 4096;
+			struct absent *a = realloc(e->absent, sizeof(*a) * nc);
+			if (!a)
 				return -ENOMEM;
-			e->forget = f;
-			e->capforget = nc;
+			e->absent = a;
+			e->capabsent = nc;
 		}
-		memcpy(e->forget[e->nforget++], r->id, sizeof(e->forget[0]));
+		struct absent *a = &e->absent[e->nabsent++];
+		memcpy(a->id, r->id, sizeof(a->id));
+		a->client = r->client;
+		a->owner = r->owner;
+		a->ticket = r->ticket;
 		return 0;
 	}
 	struct replayed *p = rp_get(e, r->id);
@@ -2542,16 +2572,23 @@ static void purge_staging(struct engine *e)
 			 kept == 1 ? "y" : "ies", removed);
 }
 
-int chunkd__engine_create(struct loop *l, const struct engine_config *cfg, struct engine **out)
+static void *replay_main(void *arg)
+{
+	struct engine *e = arg;
+	e->replay_result = chunkd__journal_open(e->in->data_fd, &e->jr, replay_cb, e, &e->jstats);
+	return NULL;
+}
+
+int chunkd__engine_prepare(struct instance *in, struct catalog *cat,
+			   const struct engine_config *cfg, struct engine **out)
 {
 	struct engine *e = calloc(1, sizeof(*e));
 	if (!e)
 		return -ENOMEM;
-	e->l = l;
 	e->cfg = *cfg;
-	e->cat = l->cat;
-	e->in = l->in;
-	e->nclients = l->in->req.geom.max_clients;
+	e->cat = cat;
+	e->in = in;
+	e->nclients = in->req.geom.max_clients;
 	e->rng = (uint64_t)getpid() * 0x9E3779B97F4A7C15ull;
 	e->staging_fd = e->trash_fd = e->chunks_fd = -1;
 	int r = -ENOMEM;
@@ -2582,28 +2619,6 @@ int chunkd__engine_create(struct loop *l, const struct engine_config *cfg, struc
 		e->bufs[i].data = e->buf_mem + (size_t)i * WBUF_SIZE;
 		buf_put(e, &e->bufs[i]);
 	}
-	/* The published chunks' ranges take part in the overlap check. */
-	for (uint32_t i = 0; i < e->cat->npub; i++) {
-		const struct chunkd_idx_entry *p = &e->cat->pub[i];
-		if (dsv_add(e, p->dataset, p->first, p->end, p->slot) < 0)
-			goto err;
-	}
-	/* Condemned chunks of an adopted catalogue: still wanted gone, removed once unpinned. */
-	for (uint32_t s = 0; s < e->cat->cap; s++) {
-		if (e->cat->sp[s].state != CHUNKD_SLOT_CONDEMNED)
-			continue;
-		struct job *j = job_new(e, s);
-		if (!j || chunkd__slot_read(e->cat->cat, s, &j->desc) < 0) {
-			if (j)
-				job_free(e, j);
-			goto err;
-		}
-		j->state = J_CONDEMNED;
-		condemned_add(e, j);
-	}
-	/* Ring heads: the daemon starts where the rings stand (a fresh segment: 0). */
-	for (uint32_t c = 0; c < e->nclients; c++)
-		e->head[c] = chunkd__load_acquire(&chunkd__req_client(&e->in->req, c)->d.sq_head);
 	e->staging_fd = openat(e->in->data_fd, "staging", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	e->trash_fd = openat(e->in->data_fd, "trash", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	e->chunks_fd = openat(e->in->data_fd, "chunks", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -2614,14 +2629,53 @@ int chunkd__engine_create(struct loop *l, const struct engine_config *cfg, struc
 	r = chunkd__http_init(e, cfg);
 	if (r < 0)
 		goto err;
-	/* The request journal: replay it into the desired state, then resume or purge staging. */
-	struct chunkd_journal_stats js;
-	r = chunkd__journal_open(e->in->data_fd, &e->jr, replay_cb, e, &js);
-	if (r < 0) {
-		log_error("journal %s/journal: %s%s%s", e->in->data_dir, strerror(-r),
-			  js.why[0] ? ": " : "", js.why);
+	/* The journal is read and folded by its own thread while the caller scans chunks/: the
+	 * replay touches only the engine's replay state, never the catalogue. */
+	r = -pthread_create(&e->replay_thread, NULL, replay_main, e);
+	if (r < 0)
 		goto err;
+	e->replay_started = 1;
+	*out = e;
+	return 0;
+err:
+	chunkd__engine_destroy(e);
+	return r;
+}
+
+int chunkd__engine_start(struct engine *e, struct loop *l)
+{
+	int r;
+	e->l = l;
+	pthread_join(e->replay_thread, NULL);
+	e->replay_started = 0;
+	const struct chunkd_journal_stats js = e->jstats;
+	if (e->replay_result < 0) {
+		log_error("journal %s/journal: %s%s%s", e->in->data_dir, strerror(-e->replay_result),
+			  js.why[0] ? ": " : "", js.why);
+		return e->replay_result;
 	}
+	/* The published chunks' ranges take part in the overlap check. */
+	for (uint32_t i = 0; i < e->cat->npub; i++) {
+		const struct chunkd_idx_entry *p = &e->cat->pub[i];
+		if (dsv_add(e, p->dataset, p->first, p->end, p->slot) < 0)
+			return -ENOMEM;
+	}
+	/* Condemned chunks of an adopted catalogue: still wanted gone, removed once unpinned. */
+	for (uint32_t s = 0; s < e->cat->cap; s++) {
+		if (e->cat->sp[s].state != CHUNKD_SLOT_CONDEMNED)
+			continue;
+		struct job *j = job_new(e, s);
+		if (!j || chunkd__slot_read(e->cat->cat, s, &j->desc) < 0) {
+			if (j)
+				job_free(e, j);
+			return -ENOMEM;
+		}
+		j->state = J_CONDEMNED;
+		condemned_add(e, j);
+	}
+	/* Ring heads: the daemon starts where the rings stand (a fresh segment: 0). */
+	for (uint32_t c = 0; c < e->nclients; c++)
+		e->head[c] = chunkd__load_acquire(&chunkd__req_client(&e->in->req, c)->d.sq_head);
 	if (js.cut == CHUNKD_JOURNAL_CUT_TORN)
 		log_warn("journal: torn tail, truncated %llu bytes at offset %llu",
 			 (unsigned long long)js.cut_bytes, (unsigned long long)js.cut_offset);
@@ -2632,17 +2686,25 @@ int chunkd__engine_create(struct loop *l, const struct engine_config *cfg, struc
 	log_info("journal: replayed %llu records (%llu live) in %.1f ms",
 		 (unsigned long long)js.records, (unsigned long long)js.live_records,
 		 (double)js.replay_ns / 1e6);
+	/* Deletes without a replay entry, in journal order: a later record of the same id made
+	 * one, and it decides; a chunk that is here is deleted; a chunk that is gone only has its
+	 * record forgotten (and its requester answered, if still attached). */
+	uint32_t keep = 0;
+	for (uint32_t i = 0; i < e->nabsent; i++) {
+		const struct absent *a = &e->absent[i];
+		if (rp_find(e, a->id))
+			continue;
+		if (chunkd__catalog_lookup(e->cat, a->id) >= 0) {
+			on_delete(e, a->id, a->ticket, a->client, a->owner);
+			continue;
+		}
+		/* Gone already: nothing to do before READY (see chunkd__engine_after_ready). */
+		e->absent[keep++] = *a;
+	}
+	e->nabsent = keep;
 	replay_apply(e);
-	for (uint32_t i = 0; i < e->nforget; i++)
-		journal_forget_delete(e, e->forget[i]);
-	free(e->forget);
-	e->forget = NULL;
-	e->nforget = e->capforget = 0;
 	purge_staging(e);
-	*out = e;
-	return 0;
-err:
-	chunkd__engine_destroy(e);
+	r = 0;
 	return r;
 }
 
@@ -2650,6 +2712,8 @@ void chunkd__engine_destroy(struct engine *e)
 {
 	if (!e)
 		return;
+	if (e->replay_started)
+		pthread_join(e->replay_thread, NULL);
 	chunkd__http_cleanup(e);
 	for (uint32_t s = 0; e->jobs && s < e->cat->cap; s++)
 		if (e->jobs[s]) {
@@ -2681,7 +2745,7 @@ void chunkd__engine_destroy(struct engine *e)
 		free(e->rp[i].w);
 	}
 	free(e->rp);
-	free(e->forget);
+	free(e->absent);
 	free(e->rpi_slots);
 	e->rpi_slots = NULL;
 	chunkd__journal_close(e->jr);

@@ -25,8 +25,14 @@ struct engine_config {
 
 void chunkd__engine_default_config(struct engine_config *cfg);
 
-/* Create the engine on the loop's ring and catalogue. */
-int chunkd__engine_create(struct loop *l, const struct engine_config *cfg, struct engine **out);
+/* Create the engine and start reading the request journal in a thread of its own, so that the
+ * replay overlaps the start-up scan of chunks/ (which the caller runs next). */
+int chunkd__engine_prepare(struct instance *in, struct catalog *cat,
+			   const struct engine_config *cfg, struct engine **out);
+
+/* After the scan: join the replay, apply it to the catalogue, resume or purge staging, and
+ * attach the engine to the loop's ring. */
+int chunkd__engine_start(struct engine *e, struct loop *l);
 void chunkd__engine_destroy(struct engine *e);
 
 /* Take every complete record from every client ring. */
@@ -48,6 +54,11 @@ void chunkd__engine_flush(struct engine *e);
 
 /* Stop taking new work; returns 1 once nothing is in flight (the loop keeps running until). */
 int chunkd__engine_quiesce(struct engine *e);
+
+/* Right after READY: the bookkeeping of replayed deletes of chunks that were gone already
+ * (answer their requesters if still attached, forget their journal records). Nothing a
+ * client can observe depends on it being done before READY. */
+void chunkd__engine_after_ready(struct engine *e);
 
 /* 1 if the engine cannot go on safely (the journal failed): the daemon must stop. */
 int chunkd__engine_fatal(struct engine *e);

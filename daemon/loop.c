@@ -227,15 +227,18 @@ static void on_doorbell(struct loop *l, struct op *op, int res, uint32_t flags)
 	arm_poll(l, &d->bell.op, d->bell.fd);
 }
 
-int chunkd__loop_run(struct instance *in, struct catalog *cat, const struct engine_config *cfg,
+int chunkd__loop_run(struct instance *in, struct catalog *cat, struct engine *eng,
 		     void (*on_ready)(void *arg), void *ready_arg)
 {
 	struct daemon_loop *d = calloc(1, sizeof(*d));
-	if (!d)
+	if (!d) {
+		chunkd__engine_destroy(eng);
 		return -ENOMEM;
+	}
 	struct loop *l = &d->l;
 	l->in = in;
 	l->cat = cat;
+	l->eng = eng; /* ours from here on: destroyed on every way out */
 	d->nclients = in->req.geom.max_clients;
 	d->sig.fd = d->bell.fd = -1;
 	int r = -ENOMEM;
@@ -261,10 +264,10 @@ int chunkd__loop_run(struct instance *in, struct catalog *cat, const struct engi
 		log_error("io_uring_queue_init: %s", strerror(-r));
 		goto err_fds;
 	}
-	r = chunkd__engine_create(l, cfg, &l->eng);
+	r = chunkd__engine_start(eng, l);
 	if (r < 0) {
-		log_error("cannot create the engine: %s", strerror(-r));
-		goto err_ring;
+		log_error("cannot start the engine: %s", strerror(-r));
+		goto err_engine;
 	}
 	/* Snapshot the doorbell before the first sync_clients(): a client that attaches or closes
 	 * after this load rings it, and the waker, starting from this value, reports that. Reading
@@ -285,6 +288,7 @@ int chunkd__loop_run(struct instance *in, struct catalog *cat, const struct engi
 	chunkd__engine_flush(l->eng);
 	if (on_ready)
 		on_ready(ready_arg);
+	chunkd__engine_after_ready(l->eng);
 	int quiesced = 0;
 	while (!quiesced) {
 		uint64_t deadline = chunkd__engine_run(l->eng);
@@ -334,7 +338,7 @@ int chunkd__loop_run(struct instance *in, struct catalog *cat, const struct engi
 	pthread_join(waker, NULL);
 err_engine:
 	chunkd__engine_destroy(l->eng);
-err_ring:
+	l->eng = NULL;
 	io_uring_queue_exit(&l->ring);
 err_fds:
 	for (uint32_t i = 0; i < d->nclients; i++)
@@ -354,6 +358,7 @@ err_fds:
 	if (d->bell.fd >= 0)
 		close(d->bell.fd);
 err_free:
+	chunkd__engine_destroy(l->eng); /* NULL once destroyed above */
 	free(d->w);
 	free(d);
 	return r;

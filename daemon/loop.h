@@ -41,11 +41,11 @@ struct loop {
 struct io_uring_sqe *chunkd__loop_sqe(struct loop *l, struct op *op);
 
 /* Run until SIGTERM or SIGINT. The caller has blocked those signals in every thread.
- * Returns 0, or a negative errno if the loop could not be set up. */
-struct engine_config;
-/* on_ready(arg) is called once the engine replayed the journal and the first index is
- * published, before the first wait. */
-int chunkd__loop_run(struct instance *in, struct catalog *cat, const struct engine_config *cfg,
+ * The loop takes a prepared engine (chunkd__engine_prepare), owns it from here on and destroys
+ * it. on_ready(arg) is called once the engine replayed the journal and the first index is
+ * published, before the first wait. Returns 0, or a negative errno if the loop could not be
+ * set up. */
+int chunkd__loop_run(struct instance *in, struct catalog *cat, struct engine *eng,
 		     void (*on_ready)(void *arg), void *arg);
 
 /* Monotonic clock in milliseconds. */

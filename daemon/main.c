@@ -239,13 +239,17 @@ int main(int argc, char **argv)
 	}
 	struct scan_stats st;
 	memset(&st, 0, sizeof(st));
-	if (chunkd__store_prepare(&in, &st) < 0 || chunkd__store_scan(&in, &cat, scan_threads, &st) < 0) {
+	/* The engine starts replaying the request journal in a thread while chunks/ is scanned. */
+	struct engine *eng = NULL;
+	if (chunkd__store_prepare(&in, &st) < 0 || chunkd__engine_prepare(&in, &cat, &cfg, &eng) < 0 ||
+	    chunkd__store_scan(&in, &cat, scan_threads, &st) < 0) {
+		chunkd__engine_destroy(eng);
 		chunkd__catalog_free_all(&cat);
 		chunkd__instance_close(&in);
 		return 1;
 	}
 	struct ready_ctx rc = {&in, &st, &t0};
-	int r = chunkd__loop_run(&in, &cat, &cfg, on_ready, &rc);
+	int r = chunkd__loop_run(&in, &cat, eng, on_ready, &rc);
 	chunkd__catalog_free_all(&cat);
 	chunkd__instance_close(&in);
 	log_info("stopped");
