@@ -785,6 +785,13 @@ static void on_delete(struct engine *e, const uint64_t id[4], uint64_t ticket, u
 		dsv_remove(e, j->dl->dataset, j->dl->first_block, (uint32_t)slot);
 	j->want_present = 0;
 	if (j->state == J_QUEUED) {
+		/* A queued download may own a staging dir a previous daemon left for it to
+		 * resume (kept by purge_staging): it goes with the download. */
+		char name[2 * CHUNKD_ID_SIZE + 16];
+		chunkd__hex_encode((const uint8_t *)id, CHUNKD_ID_SIZE, name);
+		chunkd__rm_tree_at(e->staging_fd, name);
+		strcat(name, ".resume");
+		unlinkat(e->staging_fd, name, 0);
 		queue_remove(e, j);
 		job_free(e, j);
 		slot_free(e, (uint32_t)slot);
