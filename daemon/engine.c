@@ -91,8 +91,6 @@ struct job {
 	struct waiter *waiters;
 	uint32_t nwaiters, capwaiters;
 	char *meta_buf;
-	uint32_t unlink_pending;
-	int trash_fd;
 	int running;          /* 0, or RUN_*: counted and linked in the run list */
 	enum job_state was;   /* the step a cancellation interrupted */
 	int in_chunks;        /* a cancelled download had already been renamed into chunks/ */
@@ -151,7 +149,6 @@ struct engine {
 	struct job *condemned; /* deleted chunks waiting for their pins to go */
 	struct job *graveyard; /* jobs ended during this loop iteration, freed at its end */
 	uint32_t running_jobs, running_xfers, deleting;
-	uint32_t live_jobs;
 	struct wbuf *free_bufs;
 	uint32_t nfree_bufs;
 	struct wbuf *bufs;
@@ -399,9 +396,7 @@ static struct job *job_new(struct engine *e, uint32_t slot)
 	j->op.fn = NULL;
 	j->slot = slot;
 	j->dirfd = -1;
-	j->trash_fd = -1;
 	e->jobs[slot] = j;
-	e->live_jobs++;
 	return j;
 }
 
@@ -441,7 +436,6 @@ static void job_free(struct engine *e, struct job *j)
 	j->dead = 1;
 	j->next = e->graveyard;
 	e->graveyard = j;
-	e->live_jobs--;
 }
 
 static void bury(struct engine *e)
