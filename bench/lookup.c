@@ -4,10 +4,11 @@
  *
  * Methods, all answering "which chunk of dataset D holds block B" for the same queries:
  *
- *   in-process  The two-level sorted arrays of the shared index (datasets sorted by id, each
- *               dataset's ranges sorted by first block), with the same entry sizes and the same
- *               binary searches as shm/index.c, in malloc()ed memory, without seqlock, atomics
- *               or pins. This is the floor that chunkd's look-up is measured against.
+ *   in-process  The shared index's layout and look-up (shm/index.c): the dataset found through
+ *               an open-addressing hash of 40-byte entries (the same hash function, seeded),
+ *               then a binary search of the dataset's first blocks in a dense u64 array, then
+ *               the one 56-byte range entry, in malloc()ed memory, without seqlock, atomics or
+ *               pins. This is the floor that chunkd's look-up is measured against.
  *   chunkd      The real client API against a running daemon: chunkd_find() + chunkd_release().
  *   LMDB        One B-tree keyed by dataset (32 bytes) || big-endian first block (8 bytes), the
  *               value end block || chunk id. Look-up: MDB_SET_RANGE on dataset || block + 1, then
@@ -18,8 +19,9 @@
  *                               renewed) per look-up: still a snapshot per look-up;
  *                 one txn       a single read txn for the whole pass: no per-look-up snapshot,
  *                               so not equivalent, shown as LMDB's floor.
- *   (proposal)  Not chunkd: the in-process index rearranged (hashed datasets, dense first-block
- *               arrays) to measure what a layout change in shm/index.c would buy.
+ *   (previous)  Not chunkd any more: the layout chunkd had before (datasets sorted by id and
+ *               binary-searched, then a binary search over the 56-byte range entries), shown to
+ *               measure what the current layout buys.
  *
  * The reference index is built from the data dir itself: chunk directory names encode dataset,
  * first block, end block and id (docs/on-disk.md). bench-lookup first checks that the daemon
@@ -41,6 +43,7 @@
 
 #include "chunkd.h"
 #include "common.h"
+#include "shm/layout.h" /* chunkd__idx_hash: the reference hashes like the shared index */
 
 static const char usage[] =
     "Usage: bench-lookup [OPTION]...\n"
@@ -55,7 +58,7 @@ static const char usage[] =
     "  -w, --wait-ms MS      deadline for the daemon to become READY (default 120000)\n"
     "  -t, --tmp DIR         where to create the LMDB environment (default: $TMPDIR or /tmp)\n"
     "      --only METHOD     after the verification, time only METHOD (ref, chunkd, lmdb-txn,\n"
-    "                        lmdb-renew, lmdb-one, proposal) and print its figure alone: for\n"
+    "                        lmdb-renew, lmdb-one, previous) and print its figure alone: for\n"
     "                        profiling with perf; no targets are checked\n"
     "      --strict          exit 1 when a target is missed\n"
     "  -h, --help            show this help and exit\n"
@@ -138,12 +141,12 @@ static int entry_cmp(const void *pa, const void *pb)
 }
 
 /*
- * The look-up of shm/index.c (chunkd__idx_find) without the seqlock and the atomics: a lower
- * bound over datasets, then the last range with first <= block. noinline, like a call into
+ * The look-up of chunkd's previous index layout: a lower bound over the sorted datasets, then
+ * the last range with first <= block over the 56-byte range entries. noinline, like a call into
  * libchunkd, so that the compiler cannot hoist work out of the timed loop.
  */
-__attribute__((noinline)) static int ref_find(const struct ref_index *x, const uint64_t ds[4],
-					      uint64_t block, struct result *out)
+__attribute__((noinline)) static int prev_find(const struct ref_index *x, const uint64_t ds[4],
+					       uint64_t block, struct result *out)
 {
 	uint32_t lo = 0, hi = x->nds;
 	while (lo < hi) {
@@ -194,62 +197,57 @@ static int brute_find(const struct ref_index *x, uint32_t dsi, uint64_t block, s
 }
 
 /*
- * A proposal, not chunkd's layout: the same data arranged for fewer cache misses per look-up, to
- * show what a layout change in shm/index.c would buy (bench/README.md). Datasets are found
- * through an open-addressing hash of their first id word (one or two cache lines instead of ~10
- * binary-search steps), and each dataset's first blocks are searched in a dense u64 array (8 per
- * cache line instead of one per 56-byte range entry); the range entry is read once at the end.
+ * The reference: shm/index.c's layout and look-up (chunkd__idx_find) in private memory. The
+ * dataset table is an open-addressing hash of 40-byte entries (id, start, count; count 0 =
+ * empty) at most half full, probed linearly from chunkd__idx_hash(); firsts[] holds the ranges'
+ * first blocks densely; the range entry is read once at the end.
  */
-struct prop_slot {
-	uint64_t tag; /* the dataset id's first word */
-	uint32_t ds;  /* index into ref_index.ds + 1; 0 = empty */
-	uint32_t _pad;
-};
-
-struct prop_index {
-	const struct ref_index *x;
-	struct prop_slot *hash;
+struct hash_index {
+	struct ref_ds *hash;
 	uint32_t hmask;
+	uint64_t seed;
 	uint64_t *firsts; /* ranges[i].first, dense */
+	const struct ref_range *ranges;
 };
 
-static void prop_build(struct prop_index *p, const struct ref_index *x)
+static void hash_build(struct hash_index *p, const struct ref_index *x)
 {
-	uint32_t cap = 1;
+	uint32_t cap = 16;
 	while (cap < 2 * x->nds)
 		cap <<= 1;
-	p->x = x;
 	p->hmask = cap - 1;
+	p->seed = 0x243F6A8885A308D3ull; /* any value: the daemon picks one per start */
 	p->hash = calloc(cap, sizeof(*p->hash));
 	p->firsts = calloc(x->nranges ? x->nranges : 1, sizeof(*p->firsts));
 	if (!p->hash || !p->firsts)
 		die("out of memory");
 	for (uint32_t d = 0; d < x->nds; d++) {
-		uint32_t h = (uint32_t)(x->ds[d].id[0] * 0x9E3779B97F4A7C15ull >> 32) & p->hmask;
-		while (p->hash[h].ds)
+		uint32_t h = chunkd__idx_hash(x->ds[d].id, p->seed) & p->hmask;
+		while (p->hash[h].count)
 			h = (h + 1) & p->hmask;
-		p->hash[h].tag = x->ds[d].id[0];
-		p->hash[h].ds = d + 1;
+		p->hash[h] = x->ds[d];
 	}
 	for (uint32_t i = 0; i < x->nranges; i++)
 		p->firsts[i] = x->ranges[i].first;
+	p->ranges = x->ranges;
 }
 
-__attribute__((noinline)) static int prop_find(const struct prop_index *p, const uint64_t ds[4],
-					       uint64_t block, struct result *out)
+__attribute__((noinline)) static int ref_find(const struct hash_index *p, const uint64_t ds[4],
+					      uint64_t block, struct result *out)
 {
-	const struct ref_index *x = p->x;
-	uint32_t h = (uint32_t)(ds[0] * 0x9E3779B97F4A7C15ull >> 32) & p->hmask;
 	const struct ref_ds *d = NULL;
-	for (;; h = (h + 1) & p->hmask) {
-		const struct prop_slot *s = &p->hash[h];
-		if (!s->ds)
+	uint32_t h = chunkd__idx_hash(ds, p->seed);
+	for (uint32_t k = 0; k <= p->hmask; k++, h++) {
+		const struct ref_ds *e = &p->hash[h & p->hmask];
+		if (!e->count)
 			return -ENOENT;
-		if (s->tag == ds[0] && id_cmp(ds, x->ds[s->ds - 1].id) == 0) {
-			d = &x->ds[s->ds - 1];
+		if (id_cmp(ds, e->id) == 0) {
+			d = e;
 			break;
 		}
 	}
+	if (!d)
+		return -ENOENT;
 	uint32_t lo = d->start, hi = d->start + d->count;
 	while (lo < hi) {
 		uint32_t mid = lo + (hi - lo) / 2;
@@ -260,7 +258,7 @@ __attribute__((noinline)) static int prop_find(const struct prop_index *p, const
 	}
 	if (lo == d->start)
 		return -ENOENT;
-	const struct ref_range *r = &x->ranges[lo - 1];
+	const struct ref_range *r = &p->ranges[lo - 1];
 	if (block >= r->end)
 		return -ENOENT;
 	out->first = r->first;
@@ -536,10 +534,10 @@ struct query {
 	uint64_t block;
 };
 
-enum method { M_REF, M_CHUNKD, M_LMDB_TXN, M_LMDB_RENEW, M_LMDB_ONE, M_PROP, M_COUNT };
+enum method { M_REF, M_CHUNKD, M_LMDB_TXN, M_LMDB_RENEW, M_LMDB_ONE, M_PREV, M_COUNT };
 
 static const char *const method_keys[M_COUNT] = {"ref",        "chunkd",   "lmdb-txn",
-						 "lmdb-renew", "lmdb-one", "proposal"};
+						 "lmdb-renew", "lmdb-one", "previous"};
 
 static const char *const method_names[M_COUNT] = {
     "in-process index (private memory, no atomics)",
@@ -547,12 +545,12 @@ static const char *const method_names[M_COUNT] = {
     "LMDB, read txn per look-up (begin/abort)",
     "LMDB, txn reset/renew per look-up",
     "LMDB, one read txn for the whole pass",
-    "(proposal) in-process, hashed datasets + dense firsts",
+    "(previous layout) in-process, sorted datasets + 56-byte ranges",
 };
 
 struct bench {
 	struct ref_index x;
-	struct prop_index p;
+	struct hash_index p; /* the reference, built from x */
 	chunkd_id *dsids; /* x.ds[i].id as chunkd ids */
 	struct query *q;
 	size_t nq;
@@ -612,7 +610,7 @@ static uint64_t run_pass(struct bench *b, enum method m, uint64_t *sum, size_t *
 	switch (m) {
 	case M_REF:
 		for (size_t i = 0; i < b->nq; i++) {
-			if (ref_find(&b->x, b->x.ds[b->q[i].ds].id, b->q[i].block, &res) == 0) {
+			if (ref_find(&b->p, b->x.ds[b->q[i].ds].id, b->q[i].block, &res) == 0) {
 				s = mix(s, res.first, res.id[0]);
 				h++;
 			}
@@ -657,9 +655,9 @@ static uint64_t run_pass(struct bench *b, enum method m, uint64_t *sum, size_t *
 			}
 		}
 		break;
-	case M_PROP:
+	case M_PREV:
 		for (size_t i = 0; i < b->nq; i++) {
-			if (prop_find(&b->p, b->x.ds[b->q[i].ds].id, b->q[i].block, &res) == 0) {
+			if (prev_find(&b->x, b->x.ds[b->q[i].ds].id, b->q[i].block, &res) == 0) {
 				s = mix(s, res.first, res.id[0]);
 				h++;
 			}
@@ -703,10 +701,10 @@ static size_t verify_all(struct bench *b)
 		want.rc = brute_find(&b->x, q->ds, q->block, &want);
 		hits += want.rc == 0;
 
-		int rc = ref_find(&b->x, b->x.ds[q->ds].id, q->block, &got);
+		int rc = ref_find(&b->p, b->x.ds[q->ds].id, q->block, &got);
 		same_result(i, "the in-process index", &want, rc, &got);
-		rc = prop_find(&b->p, b->x.ds[q->ds].id, q->block, &got);
-		same_result(i, "the proposed in-process index", &want, rc, &got);
+		rc = prev_find(&b->x, b->x.ds[q->ds].id, q->block, &got);
+		same_result(i, "the previous in-process layout", &want, rc, &got);
 		rc = lmdb_find_txn(&b->l, ds, q->block, &got);
 		same_result(i, "LMDB (txn per look-up)", &want, rc, &got);
 		rc = lmdb_find_renew(&b->l, ds, q->block, &got);
@@ -744,7 +742,7 @@ static size_t verify_all(struct bench *b)
 	mdb_check(mdb_cursor_open(t, b->l.dbi, &cur));
 	for (size_t i = 0; i < b->nq; i++) {
 		const struct query *q = &b->q[i];
-		want.rc = ref_find(&b->x, b->x.ds[q->ds].id, q->block, &want);
+		want.rc = ref_find(&b->p, b->x.ds[q->ds].id, q->block, &want);
 		int rc = lmdb_find(cur, &b->dsids[q->ds], q->block, &got);
 		same_result(i, "LMDB (one txn)", &want, rc, &got);
 	}
@@ -894,7 +892,7 @@ int main(int argc, char **argv)
 	for (uint32_t i = 0; i < b.x.nds; i++)
 		memcpy(b.dsids[i].bytes, b.x.ds[i].id, CHUNKD_ID_SIZE);
 	check_published(&b);
-	prop_build(&b.p, &b.x);
+	hash_build(&b.p, &b.x);
 	lmdb_build(&b.l, tmp, &b.x);
 	make_queries(&b, seed);
 

@@ -124,63 +124,29 @@ int chunkd_find(chunkd_client *c, const chunkd_id *dataset, uint64_t block, chun
 		return -EINVAL;
 	uint64_t ds[4];
 	memcpy(ds, dataset->bytes, sizeof(ds));
-	/* Pairs with the daemon's increment of index_flips after it switched index copies. */
-	uint64_t flips = chunkd__load_acquire(&c->cat.hdr->index_flips);
-	/* A candidate can be condemned or recycled between the look-up and the pin. If no newer
-	 * index was published meanwhile, the index we read is the current one and the chunk it
-	 * named is gone: -ENOENT. Otherwise look again in the newer index (bounded). */
-	for (int round = 0; round < 64; round++) {
-		struct chunkd_idx_range e;
-		int r = chunkd__idx_find(&c->cat, ds, block, &e);
-		if (r < 0)
-			return r;
-		uint64_t word = CHUNKD_PIN_WORD(e.slot, e.gen);
-		int pi = chunkd__pin_take(c->me, &pin_hint, word);
-		if (pi < 0)
-			return pi;
-		/* seq_cst: after our pin CAS; pairs with the daemon's CONDEMNED store + pin scan.
-		 * states[] is dense: this load is usually a cache hit, where the 640-byte slot
-		 * would be a cache and TLB miss on every look-up. */
-		uint64_t gs = chunkd__load_seq_cst(&c->cat.states[e.slot]);
-		if (gs == CHUNKD_GEN_STATE(e.gen, CHUNKD_SLOT_PUBLISHED)) {
-			memcpy(ref->id.bytes, e.id, CHUNKD_ID_SIZE);
-			ref->dataset = *dataset;
-			ref->first_block = e.first;
-			ref->end_block = e.end;
-			/* Immutable while pinned: the daemon never rewrites a pinned incarnation. */
-			ref->path = c->cat.slots[e.slot].path;
-			ref->_pin = (uint32_t)pi;
-			ref->_slot = e.slot;
-			ref->_word = word;
-			return 0;
-		}
-		chunkd__pin_clear(c->me, (uint32_t)pi);
-		if (CHUNKD_GS_GEN(gs) == e.gen && CHUNKD_GS_STATE(gs) == CHUNKD_SLOT_CONDEMNED)
-			chunkd__doorbell_ring(c->req.hdr); /* the daemon may have seen our pin */
-		uint64_t now = chunkd__load_acquire(&c->cat.hdr->index_flips);
-		if (now == flips)
-			return -ENOENT;
-		flips = now;
-	}
-	return -EAGAIN;
+	struct chunkd_idx_range e;
+	uint64_t flips;
+	int pi = chunkd__pin_find(&c->cat, c->me, c->req.hdr, &pin_hint, ds, block, &e, &flips);
+	if (pi < 0)
+		return pi;
+	memcpy(ref->id.bytes, e.id, CHUNKD_ID_SIZE);
+	ref->dataset = *dataset;
+	ref->first_block = e.first;
+	ref->end_block = e.end;
+	/* Immutable while pinned: the daemon never rewrites a pinned incarnation. */
+	ref->path = c->cat.slots[e.slot].path;
+	ref->_pin = (uint32_t)pi;
+	ref->_slot = e.slot;
+	ref->_word = CHUNKD_PIN_WORD(e.slot, e.gen);
+	ref->_flips = flips;
+	return 0;
 }
 
 void chunkd_release(chunkd_client *c, chunkd_ref *ref)
 {
 	if (!c || !ref || ref->_pin >= CHUNKD_PINS_PER_CLIENT || ref->_word == 0)
 		return;
-	/* One seq_cst CAS clears our entry and checks it was ours (not released twice, or never
-	 * found): it orders the clear before the following seq_cst load, like chunkd__pin_clear. */
-	uint64_t expect = ref->_word;
-	if (!chunkd__cas_seq_cst(&c->me->pins[ref->_pin], &expect, 0))
-		return;
-	if (ref->_slot < c->cat.geom.max_chunks) {
-		/* seq_cst: after the cleared pin; see chunkd__pin_clear. */
-		uint64_t gs = chunkd__load_seq_cst(&c->cat.states[ref->_slot]);
-		if (CHUNKD_GS_STATE(gs) == CHUNKD_SLOT_CONDEMNED &&
-		    CHUNKD_GS_GEN(gs) == CHUNKD_PIN_GEN(ref->_word))
-			chunkd__doorbell_ring(c->req.hdr);
-	}
+	chunkd__pin_release(&c->cat, c->me, c->req.hdr, ref->_pin, ref->_word, ref->_flips);
 	ref->_word = 0;
 	ref->path = NULL;
 }

@@ -11,7 +11,9 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "shm/atomics.h"
 #include "shm/seqlock.h"
@@ -50,12 +52,18 @@ int chunkd__catalog_init(struct catalog *c, struct chunkd_cat_map *cat,
 	c->ids = malloc(sizeof(*c->ids) * c->cap);
 	c->ids_tmp = malloc(sizeof(*c->ids) * c->cap);
 	c->ids_add = malloc(sizeof(*c->ids) * c->cap);
+	c->unpub = malloc(sizeof(uint32_t) * c->cap);
 	if (!c->sp || !c->free_stack || !c->hash || !c->pub || !c->pub_tmp || !c->add || !c->ids ||
-	    !c->ids_tmp || !c->ids_add) {
+	    !c->ids_tmp || !c->ids_add || !c->unpub) {
 		chunkd__catalog_free_all(c);
 		return -ENOMEM;
 	}
 	memset(c->hash, 0xff, sizeof(uint32_t) * hcap);
+	/* A fresh seed per start for the shared dataset hash (shm/index.c), so that colliding
+	 * dataset ids cannot be prepared in advance. */
+	if (getrandom(&cat->idx_seed, sizeof(cat->idx_seed), GRND_NONBLOCK) !=
+	    (ssize_t)sizeof(cat->idx_seed))
+		cat->idx_seed = (uint64_t)time(NULL) * 0x9E3779B97F4A7C15ull ^ (uint64_t)getpid();
 	/* Slots are handed out from low to high numbers. */
 	for (uint32_t i = 0; i < c->cap; i++)
 		c->free_stack[i] = c->cap - 1 - i;
@@ -101,6 +109,7 @@ void chunkd__catalog_free_all(struct catalog *c)
 	free(c->ids);
 	free(c->ids_tmp);
 	free(c->ids_add);
+	free(c->unpub);
 	memset(c, 0, sizeof(*c));
 }
 
@@ -211,22 +220,39 @@ void chunkd__catalog_set_state(struct catalog *c, uint32_t slot, uint32_t state)
 				      (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec);
 		chunkd__seq_write_end(&s->seq);
 	}
+	if (p->state == CHUNKD_SLOT_PUBLISHED && state != CHUNKD_SLOT_PUBLISHED &&
+	    !p->unpublishing) {
+		/* It may be in the active index: states[] changes only after the flip. */
+		p->unpublishing = 1;
+		c->unpub[c->nunpub++] = slot;
+	}
 	p->state = state;
-	store_gen_state(c, slot);
+	if (!p->unpublishing)
+		store_gen_state(c, slot);
 	pthread_rwlock_unlock(&c->cat->hdr->lock);
 	if (state == CHUNKD_SLOT_PUBLISHED)
 		add_published(c, slot);
 	c->dirty = 1;
 }
 
-uint32_t chunkd__catalog_pins(const struct catalog *c, uint32_t slot)
+void chunkd__catalog_settle(struct catalog *c)
 {
+	if (c->nunpub)
+		chunkd__catalog_flush(c);
+}
+
+uint32_t chunkd__catalog_pins(struct catalog *c, uint32_t slot)
+{
+	if (c->sp[slot].unpublishing)
+		chunkd__catalog_flush(c);
 	return chunkd__pins_count(c->req, slot, c->sp[slot].gen);
 }
 
 void chunkd__catalog_release_slot(struct catalog *c, uint32_t slot)
 {
 	assert(c->sp[slot].state != CHUNKD_SLOT_FREE);
+	if (c->sp[slot].unpublishing)
+		chunkd__catalog_flush(c); /* out of the index before the slot can be reused */
 	hash_remove(c, slot);
 	chunkd__catalog_set_state(c, slot, CHUNKD_SLOT_FREE);
 	pthread_rwlock_wrlock(&c->cat->hdr->lock);
@@ -295,6 +321,14 @@ void chunkd__catalog_flush(struct catalog *c)
 
 	pthread_rwlock_wrlock(&c->cat->hdr->lock);
 	chunkd__idx_publish(c->cat, c->pub, c->npub, c->ids, c->nids);
+	/* After the flip (seq_cst increment of index_flips): the slots that left PUBLISHED are in
+	 * no index a reader can still validate by index_flips, so their states[] may say so. */
+	for (uint32_t k = 0; k < c->nunpub; k++) {
+		uint32_t s = c->unpub[k];
+		c->sp[s].unpublishing = 0;
+		store_gen_state(c, s);
+	}
+	c->nunpub = 0;
 	pthread_rwlock_unlock(&c->cat->hdr->lock);
 	c->dirty = 0;
 }

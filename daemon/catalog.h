@@ -18,7 +18,8 @@
 
 struct catalog_slot {
 	uint32_t gen;  /* current incarnation (mirrors gen_state) */
-	uint32_t state; /* enum chunkd_slot_state (mirrors gen_state) */
+	uint32_t state; /* enum chunkd_slot_state (mirrors gen_state, see unpublishing) */
+	uint32_t unpublishing; /* left PUBLISHED; states[] still says so until the next flush */
 };
 
 struct catalog {
@@ -34,6 +35,8 @@ struct catalog {
 	uint32_t npub, nadd;
 	struct chunkd_idx_id *ids, *ids_tmp, *ids_add;
 	uint32_t nids, nids_add;
+	uint32_t *unpub; /* slots with unpublishing set, stored into states[] after the flip */
+	uint32_t nunpub;
 	int dirty;
 };
 
@@ -48,12 +51,21 @@ int chunkd__catalog_lookup(const struct catalog *c, const uint64_t id[4]);
  * Returns the slot, -EEXIST if the id is in the catalogue, -ENOSPC if it is full. */
 int chunkd__catalog_alloc(struct catalog *c, const struct chunkd_slot_copy *desc, uint32_t state);
 
-/* Move a slot to a new state; PUBLISHED makes it findable at the next flush, leaving PUBLISHED
- * makes the pin recheck fail at once. */
+/* Move a slot to a new state. PUBLISHED makes it findable at the next flush. Leaving PUBLISHED
+ * takes effect in shared memory at the next flush too, in this order: the new index without the
+ * chunk is published (index_flips incremented), then states[] changes. chunkd_find's pin fast
+ * path relies on it: no chunk of the active index leaves PUBLISHED before index_flips moves on
+ * (docs/shm-layout.md, "The pin protocol"). */
 void chunkd__catalog_set_state(struct catalog *c, uint32_t slot, uint32_t state);
 
-/* Pins currently held on the slot's incarnation (daemon-side scan of the request segment). */
-uint32_t chunkd__catalog_pins(const struct catalog *c, uint32_t slot);
+/* Pins currently held on the slot's incarnation (daemon-side scan of the request segment).
+ * Flushes first if the slot's leaving PUBLISHED is not in shared memory yet: a scan counts only
+ * after the states[] store that makes new pins back out. */
+uint32_t chunkd__catalog_pins(struct catalog *c, uint32_t slot);
+
+/* Flush now if some slot's leaving PUBLISHED is not in shared memory yet: a pin scan counts
+ * only after the states[] stores that make new pins of those slots back out. */
+void chunkd__catalog_settle(struct catalog *c);
 
 /* Return a slot to the free list. The caller has condemned it and seen no pins. */
 void chunkd__catalog_release_slot(struct catalog *c, uint32_t slot);

@@ -1821,6 +1821,8 @@ static void check_condemned(struct engine *e)
 	if (!e->pins_dirty || !e->condemned)
 		return;
 	e->pins_dirty = 0;
+	/* The condemned slots' states[] must say so before the scan (catalog.h). */
+	chunkd__catalog_settle(e->cat);
 	size_t n;
 	uint64_t *pins = pins_snapshot(e, &n);
 	if (n == SIZE_MAX) {

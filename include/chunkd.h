@@ -69,6 +69,7 @@ typedef struct chunkd_ref {
 	uint32_t _pin;
 	uint32_t _slot;
 	uint64_t _word;
+	uint64_t _flips;
 } chunkd_ref;
 
 /* Daemon states as reported by chunkd_info(). */

@@ -47,6 +47,7 @@ int chunkd__idx_find(const struct chunkd_cat_map *m, const uint64_t dataset[4], 
 		     struct chunkd_idx_range *out)
 {
 	const uint32_t cap = m->geom.max_chunks;
+	const uint32_t hcap = m->geom.hash_cap;
 	for (uint32_t tries = 0; tries < CHUNKD_SEQ_SPINS; tries++) {
 		uint32_t q;
 		const struct chunkd_idx_view *v = read_begin(m, &q);
@@ -55,31 +56,37 @@ int chunkd__idx_find(const struct chunkd_cat_map *m, const uint64_t dataset[4], 
 			continue;
 		}
 		int found = 0;
-		uint32_t nds = chunkd__load_relaxed(&v->hdr->nds);
 		uint32_t nranges = chunkd__load_relaxed(&v->hdr->nranges);
-		if (nds > cap || nranges > cap)
+		uint32_t hmask = chunkd__load_relaxed(&v->hdr->hmask);
+		uint64_t seed = chunkd__load_relaxed(&v->hdr->hseed);
+		if (nranges > cap || hmask >= hcap || (hmask & (hmask + 1)) != 0)
 			goto check;
-		/* Dataset: lower bound by id. */
-		uint32_t lo = 0, hi = nds;
-		while (lo < hi) {
-			uint32_t mid = lo + (hi - lo) / 2;
-			if (id_cmp_shared(dataset, v->ds[mid].id) > 0)
-				lo = mid + 1;
-			else
-				hi = mid;
+		/* Dataset: probe the hash table; an empty entry (count 0) ends the probe. At most
+		 * hmask + 1 probes, so a torn or hostile table costs time, never a hang. */
+		const struct chunkd_idx_ds *d = NULL;
+		uint32_t h = chunkd__idx_hash(dataset, seed);
+		for (uint32_t k = 0; k <= hmask; k++, h++) {
+			const struct chunkd_idx_ds *p = &v->ds[h & hmask];
+			if (chunkd__load_relaxed(&p->count) == 0)
+				break;
+			if (id_cmp_shared(dataset, p->id) == 0) {
+				d = p;
+				break;
+			}
 		}
-		if (lo == nds || id_cmp_shared(dataset, v->ds[lo].id) != 0)
+		if (!d)
 			goto check;
-		uint32_t start = chunkd__load_relaxed(&v->ds[lo].start);
-		uint32_t count = chunkd__load_relaxed(&v->ds[lo].count);
+		uint32_t start = chunkd__load_relaxed(&d->start);
+		uint32_t count = chunkd__load_relaxed(&d->count);
 		if (start > nranges || count > nranges - start || count == 0)
 			goto check;
-		/* Range: the last entry with first <= block (upper bound, minus one). */
-		lo = start;
-		hi = start + count;
+		/* Range: the last entry with first <= block (upper bound, minus one), searched in
+		 * the dense firsts[] (eight per cache line); the range entry is read once. */
+		uint32_t lo = start, hi = start + count;
+		const uint64_t *firsts = v->firsts;
 		while (lo < hi) {
 			uint32_t mid = lo + (hi - lo) / 2;
-			if (chunkd__load_relaxed(&v->ranges[mid].first) <= block)
+			if (chunkd__load_relaxed(&firsts[mid]) <= block)
 				lo = mid + 1;
 			else
 				hi = mid;
@@ -92,7 +99,7 @@ int chunkd__idx_find(const struct chunkd_cat_map *m, const uint64_t dataset[4], 
 		out->slot = chunkd__load_relaxed(&r->slot);
 		out->gen = chunkd__load_relaxed(&r->gen);
 		chunkd__load_id_relaxed(out->id, r->id);
-		found = block < out->end;
+		found = out->first <= block && block < out->end;
 	check:
 		if (chunkd__seq_read_retry(&v->hdr->seq, q))
 			continue;
@@ -189,18 +196,38 @@ void chunkd__idx_publish(struct chunkd_cat_map *m, const struct chunkd_idx_entry
 	uint32_t b = (chunkd__load_relaxed(&h->index_active) & 1u) ^ 1u;
 	struct chunkd_idx_view *v = &m->idx[b];
 
-	chunkd__seq_write_begin(&v->hdr->seq);
+	/* Datasets in this publication (pub is sorted by dataset): the hash gets at least twice
+	 * as many entries, so probes stay short. */
 	uint32_t nds = 0;
+	for (uint32_t i = 0; i < npub; i++)
+		if (i == 0 || chunkd__id_cmp(pub[i].dataset, pub[i - 1].dataset) != 0)
+			nds++;
+	uint32_t hsize = 16;
+	while (hsize < 2 * (uint64_t)nds && hsize < m->geom.hash_cap)
+		hsize <<= 1;
+	const uint32_t hmask = hsize - 1;
+	const uint64_t seed = m->idx_seed;
+
+	chunkd__seq_write_begin(&v->hdr->seq);
+	for (uint32_t k = 0; k < hsize; k++)
+		chunkd__store_relaxed(&v->ds[k].count, 0);
+	for (uint32_t i = 0; i < npub;) {
+		/* One dataset: entries [i, j). */
+		uint32_t j = i + 1;
+		while (j < npub && chunkd__id_cmp(pub[j].dataset, pub[i].dataset) == 0)
+			j++;
+		uint32_t slot = chunkd__idx_hash(pub[i].dataset, seed) & hmask;
+		while (chunkd__load_relaxed(&v->ds[slot].count) != 0)
+			slot = (slot + 1) & hmask;
+		chunkd__store_id_relaxed(v->ds[slot].id, pub[i].dataset);
+		chunkd__store_relaxed(&v->ds[slot].start, i);
+		chunkd__store_relaxed(&v->ds[slot].count, j - i);
+		i = j;
+	}
 	for (uint32_t i = 0; i < npub; i++) {
 		const struct chunkd_idx_entry *e = &pub[i];
-		if (i == 0 || chunkd__id_cmp(e->dataset, pub[i - 1].dataset) != 0) {
-			chunkd__store_id_relaxed(v->ds[nds].id, e->dataset);
-			chunkd__store_relaxed(&v->ds[nds].start, i);
-			chunkd__store_relaxed(&v->ds[nds].count, 0);
-			nds++;
-		}
-		chunkd__store_relaxed(&v->ds[nds - 1].count, v->ds[nds - 1].count + 1);
 		struct chunkd_idx_range *r = &v->ranges[i];
+		chunkd__store_relaxed(&v->firsts[i], e->first);
 		chunkd__store_relaxed(&r->first, e->first);
 		chunkd__store_relaxed(&r->end, e->end);
 		chunkd__store_relaxed(&r->slot, e->slot);
@@ -212,12 +239,16 @@ void chunkd__idx_publish(struct chunkd_cat_map *m, const struct chunkd_idx_entry
 	chunkd__store_relaxed(&v->hdr->nds, nds);
 	chunkd__store_relaxed(&v->hdr->nranges, npub);
 	chunkd__store_relaxed(&v->hdr->nids, nids);
+	chunkd__store_relaxed(&v->hdr->hmask, hmask);
+	chunkd__store_relaxed(&v->hdr->hseed, seed);
 	chunkd__seq_write_end(&v->hdr->seq);
 
 	/* Makes copy b the one readers use; pairs with the acquire load in read_begin. */
 	chunkd__store_release(&h->index_active, b);
 	chunkd__store_relaxed(&h->nchunks, npub);
-	/* Release: a reader that sees the new count also sees the new active copy (chunkd_find
-	 * uses it to tell a stale index from a current one). */
-	chunkd__fetch_add(&h->index_flips, 1, __ATOMIC_RELEASE);
+	/* seq_cst: a reader that sees the new count also sees the new active copy (release
+	 * part), and the increment precedes, in the single total order, every states[] store
+	 * that takes a chunk of the previous copy out of PUBLISHED (chunkd__catalog_flush): the
+	 * pin fast path of chunkd_find relies on it (docs/shm-layout.md, "The pin protocol"). */
+	chunkd__fetch_add(&h->index_flips, 1, __ATOMIC_SEQ_CST);
 }

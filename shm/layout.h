@@ -12,7 +12,7 @@
 
 #include "chunkd.h"
 
-#define CHUNKD_SHM_VERSION 4u
+#define CHUNKD_SHM_VERSION 5u
 #define CHUNKD_CAT_MAGIC 0x31544143444b4e43ull /* "CNKDCAT1" little-endian */
 #define CHUNKD_REQ_MAGIC 0x31514552444b4e43ull /* "CNKDREQ1" little-endian */
 
@@ -63,24 +63,27 @@ struct chunkd_cat_hdr {
 	char data_dir[CHUNKD_DATA_DIR_MAX];
 	uint8_t _pad1[CHUNKD_CACHELINE * 7 - 64 - CHUNKD_DATA_DIR_MAX];
 
-	/* Daemon identity and liveness, atomics written by the daemon. */
+	/* Daemon identity and the index, atomics written by the daemon. Every chunkd_find reads
+	 * index_active and index_flips: nothing written often may share their cache line. */
 	uint64_t daemon;        /* owner word of the running daemon, 0 = none */
 	uint64_t epoch;         /* daemon starts on this segment */
 	uint64_t start_time_ns; /* CLOCK_REALTIME */
-	uint64_t heartbeat_ns;  /* CLOCK_REALTIME of the last loop iteration */
 	uint32_t state;         /* enum chunkd_state */
 	uint32_t nchunks;       /* published chunks */
 	uint32_t index_active;  /* 0 or 1: the index copy readers use */
 	uint32_t slot_hwm;      /* slots [slot_hwm, max_chunks) were never used (adoption reads less) */
-	uint64_t index_flips;
-	uint8_t _pad3[CHUNKD_CACHELINE - 56];
+	uint64_t index_flips;   /* index publications; seq_cst increment (the pin protocol) */
+	uint8_t _pad3[CHUNKD_CACHELINE - 48];
 
 	/* Daemon-only process-shared rwlock; never taken by clients or tools. */
 	union {
 		pthread_rwlock_t lock;
 		uint8_t _lock_space[2 * CHUNKD_CACHELINE];
 	};
-	uint8_t _pad4[CHUNKD_PAGE - 10 * CHUNKD_CACHELINE];
+
+	/* Liveness, on a line of its own: the loop stores it every iteration. */
+	uint64_t heartbeat_ns; /* CLOCK_REALTIME of the last loop iteration */
+	uint8_t _pad4[CHUNKD_PAGE - 10 * CHUNKD_CACHELINE - 8];
 };
 
 struct chunkd_slot {
@@ -107,12 +110,16 @@ struct chunkd_idx_hdr {
 	uint32_t nds;
 	uint32_t nranges;
 	uint32_t nids;
-	uint8_t _pad[CHUNKD_CACHELINE - 16];
+	uint32_t hmask; /* dataset hash capacity - 1 (a power of two minus one) */
+	uint32_t _pad0;
+	uint64_t hseed; /* dataset hash seed, chosen by the daemon at start */
+	uint8_t _pad[CHUNKD_CACHELINE - 32];
 };
 
+/* A dataset hash-table entry (open addressing, linear probing); count 0 = empty. */
 struct chunkd_idx_ds {
 	uint64_t id[4];
-	uint32_t start; /* first entry in ranges[] */
+	uint32_t start; /* first entry in firsts[] and ranges[] */
 	uint32_t count;
 };
 
@@ -133,10 +140,18 @@ struct chunkd_idx_id {
 /* Pointers into one index copy. */
 struct chunkd_idx_view {
 	struct chunkd_idx_hdr *hdr;
-	struct chunkd_idx_ds *ds;
+	struct chunkd_idx_ds *ds;      /* the dataset hash table, hmask + 1 entries in use */
+	uint64_t *firsts;              /* ranges[i].first, dense: the block search reads these */
 	struct chunkd_idx_range *ranges;
 	struct chunkd_idx_id *ids;
 };
+
+/* Dataset hash: a multiplicative hash of the first id word mixed with the copy's seed. */
+static inline uint32_t chunkd__idx_hash(const uint64_t id[4], uint64_t seed)
+{
+	uint64_t x = (id[0] ^ seed) * 0x9E3779B97F4A7C15ull;
+	return (uint32_t)(x >> 32) ^ (uint32_t)id[1];
+}
 
 /* ---- /chunkd.NAME.req ------------------------------------------------------------------- */
 
@@ -239,6 +254,8 @@ _Static_assert(offsetof(struct chunkd_cat_hdr, daemon) == 7 * CHUNKD_CACHELINE,
 _Static_assert(offsetof(struct chunkd_cat_hdr, lock) == 8 * CHUNKD_CACHELINE,
 	       "the rwlock starts its own cache line");
 _Static_assert(sizeof(pthread_rwlock_t) <= 2 * CHUNKD_CACHELINE, "rwlock fits its space");
+_Static_assert(offsetof(struct chunkd_cat_hdr, heartbeat_ns) == 10 * CHUNKD_CACHELINE,
+	       "the heartbeat has its own cache line");
 _Static_assert(sizeof(struct chunkd_slot) == 640, "slot is 640 bytes");
 _Static_assert(offsetof(struct chunkd_slot, path) % 8 == 0, "path is word aligned");
 _Static_assert(sizeof(struct chunkd_idx_hdr) == CHUNKD_CACHELINE, "index header is one line");

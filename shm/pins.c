@@ -26,6 +26,70 @@ int chunkd__pin_take(struct chunkd_req_client *cl, uint32_t *hint, uint64_t word
 	return -ENOBUFS;
 }
 
+int chunkd__pin_find(const struct chunkd_cat_map *cat, struct chunkd_req_client *me,
+		     struct chunkd_req_hdr *bell, uint32_t *hint, const uint64_t dataset[4],
+		     uint64_t block, struct chunkd_idx_range *out, uint64_t *validated)
+{
+	/* Pairs with the daemon's increment of index_flips after it switched index copies. */
+	uint64_t flips = chunkd__load_acquire(&cat->hdr->index_flips);
+	/* A candidate can be condemned or recycled between the look-up and the pin; that only
+	 * happens after a newer index was published, so look again in it (bounded). */
+	for (int round = 0; round < 64; round++) {
+		int r = chunkd__idx_find(cat, dataset, block, out);
+		if (r < 0)
+			return r;
+		uint64_t word = CHUNKD_PIN_WORD(out->slot, out->gen);
+		int pi = chunkd__pin_take(me, hint, word);
+		if (pi < 0)
+			return pi;
+		/* The recheck, after our seq_cst pin CAS. Fast path: no index was published since
+		 * the look-up began, so the copy we read is the current one, and the daemon takes a
+		 * chunk of it out of PUBLISHED only after the next flip, whose seq_cst increment
+		 * then follows this load, so its pin scan sees our pin. Otherwise load the slot's
+		 * gen_state (seq_cst; pairs with the daemon's states[] store + pin scan): a cache
+		 * miss the fast path avoids. */
+		uint64_t gs = 0;
+		if (chunkd__load_seq_cst(&cat->hdr->index_flips) == flips) {
+			*validated = flips;
+			return pi;
+		}
+		gs = chunkd__load_seq_cst(&cat->states[out->slot]);
+		if (gs == CHUNKD_GEN_STATE(out->gen, CHUNKD_SLOT_PUBLISHED)) {
+			*validated = CHUNKD_FLIPS_NONE;
+			return pi;
+		}
+		chunkd__pin_clear(me, (uint32_t)pi);
+		if (CHUNKD_GS_GEN(gs) == out->gen && CHUNKD_GS_STATE(gs) == CHUNKD_SLOT_CONDEMNED)
+			chunkd__doorbell_ring(bell); /* the daemon may have seen our pin */
+		flips = chunkd__load_acquire(&cat->hdr->index_flips);
+	}
+	return -EAGAIN;
+}
+
+int chunkd__pin_release(const struct chunkd_cat_map *cat, struct chunkd_req_client *me,
+			struct chunkd_req_hdr *bell, uint32_t i, uint64_t word, uint64_t flips)
+{
+	/* One seq_cst CAS clears our entry and checks it was ours (not released twice, or never
+	 * found); it orders the clear before the following seq_cst loads, like pin_clear. */
+	uint64_t expect = word;
+	if (!chunkd__cas_seq_cst(&me->pins[i % CHUNKD_PINS_PER_CLIENT], &expect, 0))
+		return -ENOENT;
+	/* Fast path: the index the pin was validated under is still the current one. The daemon
+	 * condemns a chunk of it only after the next flip, which then follows this load in the
+	 * single total order, so its pin scan sees our cleared entry: nobody waits for us. */
+	if (flips != CHUNKD_FLIPS_NONE && chunkd__load_seq_cst(&cat->hdr->index_flips) == flips)
+		return 0;
+	uint32_t slot = CHUNKD_PIN_SLOT(word);
+	if (slot < cat->geom.max_chunks) {
+		/* seq_cst: after the cleared pin; see chunkd__pin_clear. */
+		uint64_t gs = chunkd__load_seq_cst(&cat->states[slot]);
+		if (CHUNKD_GS_STATE(gs) == CHUNKD_SLOT_CONDEMNED &&
+		    CHUNKD_GS_GEN(gs) == CHUNKD_PIN_GEN(word))
+			chunkd__doorbell_ring(bell);
+	}
+	return 0;
+}
+
 void chunkd__pin_clear(struct chunkd_req_client *cl, uint32_t i)
 {
 	/* seq_cst: the daemon's scan either sees this 0, or the caller's following seq_cst load of

@@ -50,8 +50,13 @@ void chunkd__cat_geometry(uint32_t max_chunks, struct chunkd_cat_geom *g)
 	memset(g, 0, sizeof(*g));
 	g->max_chunks = max_chunks;
 	g->slots_off = CHUNKD_PAGE;
+	g->hash_cap = 16;
+	while (g->hash_cap < 2 * (uint64_t)max_chunks)
+		g->hash_cap <<= 1;
 	g->ds_off = sizeof(struct chunkd_idx_hdr);
-	g->ranges_off = ALIGN_UP(g->ds_off + (uint64_t)max_chunks * sizeof(struct chunkd_idx_ds),
+	g->firsts_off = ALIGN_UP(g->ds_off + (uint64_t)g->hash_cap * sizeof(struct chunkd_idx_ds),
+				 CHUNKD_CACHELINE);
+	g->ranges_off = ALIGN_UP(g->firsts_off + (uint64_t)max_chunks * sizeof(uint64_t),
 				 CHUNKD_CACHELINE);
 	g->ids_off = ALIGN_UP(g->ranges_off +
 				      (uint64_t)max_chunks * sizeof(struct chunkd_idx_range),
@@ -84,6 +89,7 @@ void chunkd__cat_bind(struct chunkd_cat_map *m, void *base, const struct chunkd_
 		uint8_t *ix = b + g->index_off[i];
 		m->idx[i].hdr = (struct chunkd_idx_hdr *)ix;
 		m->idx[i].ds = (struct chunkd_idx_ds *)(ix + g->ds_off);
+		m->idx[i].firsts = (uint64_t *)(ix + g->firsts_off);
 		m->idx[i].ranges = (struct chunkd_idx_range *)(ix + g->ranges_off);
 		m->idx[i].ids = (struct chunkd_idx_id *)(ix + g->ids_off);
 	}

@@ -27,7 +27,8 @@ struct chunkd_cat_geom {
 	uint64_t slots_off;
 	uint64_t index_off[2];
 	uint64_t index_bytes;
-	uint64_t ds_off, ranges_off, ids_off; /* inside an index copy */
+	uint32_t hash_cap; /* dataset hash entries reserved per copy: a power of two >= 2 x max_chunks */
+	uint64_t ds_off, firsts_off, ranges_off, ids_off; /* inside an index copy */
 	uint64_t states_off; /* u64 gen_state per slot, dense (the pin recheck's one load) */
 	uint64_t size;
 };
@@ -48,6 +49,7 @@ struct chunkd_cat_map {
 	struct chunkd_cat_hdr *hdr;
 	struct chunkd_slot *slots;
 	uint64_t *states; /* gen_state of slot i: gen << 32 | state; atomic, seq_cst */
+	uint64_t idx_seed; /* daemon only: the dataset hash seed chunkd__idx_publish writes */
 	struct chunkd_idx_view idx[2];
 	struct chunkd_cat_geom geom; /* from the header, validated against the object's size */
 	size_t size;
@@ -161,6 +163,23 @@ int chunkd__pin_take(struct chunkd_req_client *cl, uint32_t *hint, uint64_t word
 
 /* Client: clear entry i (seq_cst), so that a following seq_cst load of the slot is ordered. */
 void chunkd__pin_clear(struct chunkd_req_client *cl, uint32_t i);
+
+/* Client: find the published chunk of `dataset` holding `block` and pin it: look-up, pin, and
+ * the recheck of docs/shm-layout.md, "The pin protocol". Returns the pin entry (the chunk's
+ * index entry in *out), -ENOENT, -ENOBUFS (pin table full) or -EAGAIN. *flips is the
+ * index_flips value the pin was validated under, or CHUNKD_FLIPS_NONE if it was validated by
+ * the slot's gen_state; pass it to chunkd__pin_release. Rings `bell` when it backs out of a pin
+ * the daemon may have seen. */
+int chunkd__pin_find(const struct chunkd_cat_map *cat, struct chunkd_req_client *me,
+		     struct chunkd_req_hdr *bell, uint32_t *hint, const uint64_t dataset[4],
+		     uint64_t block, struct chunkd_idx_range *out, uint64_t *flips);
+#define CHUNKD_FLIPS_NONE UINT64_MAX
+
+/* Client: release pin entry i of `me` if it still holds `word` (one seq_cst CAS), and ring `bell`
+ * if the daemon may be waiting for it. `flips` is what chunkd__pin_find returned with it.
+ * Returns 0, or -ENOENT if the entry did not hold `word`. */
+int chunkd__pin_release(const struct chunkd_cat_map *cat, struct chunkd_req_client *me,
+			struct chunkd_req_hdr *bell, uint32_t i, uint64_t word, uint64_t flips);
 
 /* Daemon: count pins of incarnation (slot, gen) held by clients whose owner word is non-zero.
  * Bounded by the daemon's private geometry. Entries are untrusted and merely compared. */

@@ -1,7 +1,8 @@
 /*
  * test_index.c — the seqlocked, double-buffered catalogue index (shm/index.c): look-ups against a
- * brute-force model, list and id look-ups, alternation of the two copies, and hostile contents
- * (counts larger than the capacity) that must never cause an out-of-bounds read.
+ * brute-force model (also with colliding dataset hashes), list and id look-ups, alternation of the
+ * two copies, and hostile contents (counts larger than the capacity, a full or malformed dataset
+ * hash) that must never cause an out-of-bounds read or an unbounded probe.
  */
 #include <errno.h>
 #include <setjmp.h>
@@ -27,12 +28,18 @@ static void rand_id(uint64_t *seed, uint64_t id[4])
 		id[i] = fixture_rand(seed);
 }
 
-/* n chunks over nds datasets, consecutive ranges with random gaps, slots 0..n-1. */
-static void make_model(struct model *m, uint32_t n, uint32_t nds, uint64_t seed)
+/* n chunks over nds datasets, consecutive ranges with random gaps, slots 0..n-1. With
+ * `collide`, every dataset id shares its first two words: they all hash alike, whatever the
+ * seed, and only the full comparison tells them apart. */
+static void make_model_ex(struct model *m, uint32_t n, uint32_t nds, uint64_t seed, int collide)
 {
-	uint64_t ds[64][4], next[64];
+	static uint64_t ds[CAP][4], next[CAP];
 	for (uint32_t d = 0; d < nds; d++) {
 		rand_id(&seed, ds[d]);
+		if (collide) {
+			ds[d][0] = 0x5eed;
+			ds[d][1] = 0xc0111de;
+		}
 		next[d] = fixture_rand(&seed) % 100;
 	}
 	m->n = n;
@@ -50,6 +57,11 @@ static void make_model(struct model *m, uint32_t n, uint32_t nds, uint64_t seed)
 		m->ids[i].slot = i;
 		m->ids[i].gen = e->gen;
 	}
+}
+
+static void make_model(struct model *m, uint32_t n, uint32_t nds, uint64_t seed)
+{
+	make_model_ex(m, n, nds, seed, 0);
 }
 
 static int ids_cmp(const void *a, const void *b)
@@ -234,6 +246,63 @@ static void test_hostile_counts(void **state)
 	fixture_cat_free(&cat);
 }
 
+/* Datasets that collide in the hash (same first two words) and many datasets of one chunk each
+ * (the table grows with them), under several seeds. */
+static void test_hash_collisions_and_growth(void **state)
+{
+	static const uint64_t seeds[] = {0, 1, 0x9E3779B97F4A7C15ull, ~0ull};
+	for (size_t k = 0; k < sizeof(seeds) / sizeof(seeds[0]); k++) {
+		struct chunkd_cat_map cat;
+		fixture_cat(&cat, CAP);
+		cat.idx_seed = seeds[k];
+		static struct model m;
+		make_model_ex(&m, 500, 40, 11 + k, 1);
+		publish_model(&cat, &m);
+		check_all(&cat, &m, 3);
+		make_model_ex(&m, 3000, 3000, 12 + k, 0);
+		publish_model(&cat, &m);
+		check_all(&cat, &m, 4);
+		const struct chunkd_idx_hdr *ih = cat.idx[cat.hdr->index_active].hdr;
+		assert_true(ih->nds > 1500); /* 3000 draws over 3000 datasets */
+		assert_true(ih->hmask + 1 >= 2 * ih->nds);
+		/* A dataset that collides with all of them but is not there. */
+		uint64_t absent[4] = {0x5eed, 0xc0111de, 1, 2};
+		make_model_ex(&m, 500, 40, 13 + k, 1);
+		publish_model(&cat, &m);
+		struct chunkd_idx_range got;
+		assert_int_equal(chunkd__idx_find(&cat, absent, 50, &got), -ENOENT);
+		fixture_cat_free(&cat);
+	}
+}
+
+/* A hash table that is full (no empty entry ends a probe) or whose mask is not a power of two
+ * minus one, or is beyond the reserved capacity: look-ups end, with -ENOENT. */
+static void test_hostile_hash(void **state)
+{
+	struct chunkd_cat_map cat;
+	fixture_cat(&cat, 16);
+	struct chunkd_idx_view *v = &cat.idx[cat.hdr->index_active];
+	uint64_t ds[4] = {5, 5, 5, 5};
+	struct chunkd_idx_range got;
+	v->hdr->nranges = 1;
+	v->hdr->hmask = cat.geom.hash_cap - 1;
+	for (uint32_t i = 0; i < cat.geom.hash_cap; i++) {
+		v->ds[i].id[0] = 6; /* never ds */
+		v->ds[i].start = 0;
+		v->ds[i].count = 1;
+	}
+	uint64_t t0 = fixture_now_ms();
+	assert_int_equal(chunkd__idx_find(&cat, ds, 1, &got), -ENOENT);
+	v->hdr->hmask = 5;
+	assert_int_equal(chunkd__idx_find(&cat, ds, 1, &got), -ENOENT);
+	v->hdr->hmask = cat.geom.hash_cap * 2 - 1;
+	assert_int_equal(chunkd__idx_find(&cat, ds, 1, &got), -ENOENT);
+	v->hdr->hmask = 0xffffffffu;
+	assert_int_equal(chunkd__idx_find(&cat, ds, 1, &got), -ENOENT);
+	assert_true(fixture_now_ms() - t0 < 5000);
+	fixture_cat_free(&cat);
+}
+
 /* A writer killed inside a write section leaves the copy odd: readers give up, never hang. */
 static void test_odd_copy_gives_eagain(void **state)
 {
@@ -257,6 +326,8 @@ int main(void)
 		cmocka_unit_test(test_copies_alternate),
 		cmocka_unit_test(test_list_and_find_id),
 		cmocka_unit_test(test_hostile_counts),
+		cmocka_unit_test(test_hash_collisions_and_growth),
+		cmocka_unit_test(test_hostile_hash),
 		cmocka_unit_test(test_odd_copy_gives_eagain),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);

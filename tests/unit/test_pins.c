@@ -14,6 +14,7 @@
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -32,6 +33,7 @@ struct shared {
 	uint64_t held[NCLIENTS];
 	uint64_t violations[NCLIENTS];
 	uint64_t rounds;
+	uint64_t missed_wakes; /* the index race: a released pin that did not ring the doorbell */
 };
 
 static void test_take_clear_full(void **state)
@@ -137,9 +139,14 @@ static void check(struct shared *sh)
 	       (unsigned long long)sh->rounds, (unsigned long long)held);
 	assert_true(sh->rounds > 100);
 	assert_true(held > 100);
+	assert_int_equal(sh->missed_wakes, 0);
 }
 
-static void test_race_processes(void **state)
+typedef void (*daemon_fn)(struct chunkd_cat_map *, struct chunkd_req_map *, struct shared *);
+typedef void (*client_fn)(struct chunkd_cat_map *, struct chunkd_req_map *, struct shared *, int);
+
+/* The race with every client in a process of its own. */
+static void race_processes(daemon_fn daemon, client_fn client)
 {
 	struct chunkd_cat_map cat;
 	struct chunkd_req_map req;
@@ -156,11 +163,11 @@ static void test_race_processes(void **state)
 		pids[i] = fork();
 		assert_true(pids[i] >= 0);
 		if (pids[i] == 0) {
-			client_side(&cat, &req, sh, i);
+			client(&cat, &req, sh, i);
 			_exit(0);
 		}
 	}
-	daemon_side(&cat, &req, sh);
+	daemon(&cat, &req, sh);
 	for (int i = 0; i < NCLIENTS; i++) {
 		int st;
 		waitpid(pids[i], &st, 0);
@@ -170,6 +177,11 @@ static void test_race_processes(void **state)
 	munmap(sh, sizeof(*sh));
 	fixture_req_free(&req);
 	fixture_cat_free(&cat);
+}
+
+static void test_race_processes(void **state)
+{
+	race_processes(daemon_side, client_side);
 }
 
 struct targ {
@@ -210,6 +222,102 @@ static void test_race_threads(void **state)
 	fixture_cat_free(&cat);
 }
 
+/*
+ * The whole look-up protocol, with the real index: clients call chunkd__pin_find (look-up, pin,
+ * the index_flips fast path or the gen_state recheck) on a chunk that the "daemon" publishes,
+ * deletes and republishes as a new incarnation over and over, in the daemon's order: publish an
+ * index without the chunk, then store CONDEMNED, then scan the pins. CHUNKD_TEST_BAD_ORDER=1
+ * condemns and scans before the flip instead (the order the fast path forbids): the test must
+ * then count violations (checked by hand; not part of the suite).
+ */
+static const uint64_t RACE_DS[4] = {0x1111, 0x2222, 0x3333, 0x4444};
+
+static void publish_one(struct chunkd_cat_map *cat, uint32_t gen, int present)
+{
+	struct chunkd_idx_entry e = {.first = 100, .end = 200, .slot = SLOT, .gen = gen};
+	memcpy(e.dataset, RACE_DS, sizeof(e.dataset));
+	e.id[0] = gen;
+	chunkd__idx_publish(cat, &e, present ? 1 : 0, NULL, 0);
+}
+
+static void index_daemon_side(struct chunkd_cat_map *cat, struct chunkd_req_map *req,
+			      struct shared *sh)
+{
+	const char *bad = getenv("CHUNKD_TEST_BAD_ORDER");
+	int bad_order = bad && *bad == '1';
+	uint64_t *gs = &cat->states[SLOT];
+	uint64_t t0 = fixture_now_ms(), seed = 77;
+	uint32_t gen = 1;
+	while (fixture_now_ms() - t0 < RUN_MS) {
+		/* A new incarnation: its state first, then an index that holds it. */
+		chunkd__store_seq_cst(gs, CHUNKD_GEN_STATE(gen, CHUNKD_SLOT_PUBLISHED));
+		publish_one(cat, gen, 1);
+		for (uint64_t spin = fixture_rand(&seed) % 2000; spin; spin--)
+			chunkd__cpu_relax();
+		if (!bad_order)
+			publish_one(cat, gen, 0);
+		chunkd__store_seq_cst(gs, CHUNKD_GEN_STATE(gen, CHUNKD_SLOT_CONDEMNED));
+		/* Like the daemon, rescan only when the doorbell rings: a client that releases a pin
+		 * the scan saw must ring it (the release fast path may skip the ring only when the
+		 * daemon cannot be waiting). A release that does not ring is a missed wake-up. */
+		uint32_t bell = chunkd__load_seq_cst(&req->hdr->doorbell);
+		while (chunkd__pins_count(req, SLOT, gen) != 0) {
+			uint64_t t1 = fixture_now_ms();
+			while (chunkd__load_seq_cst(&req->hdr->doorbell) == bell) {
+				if (fixture_now_ms() - t1 > 2000) {
+					sh->missed_wakes++;
+					break;
+				}
+				chunkd__cpu_relax();
+			}
+			bell = chunkd__load_seq_cst(&req->hdr->doorbell);
+		}
+		chunkd__store_seq_cst(&sh->deleted_gen, gen);
+		if (bad_order) {
+			for (uint64_t spin = fixture_rand(&seed) % 2000; spin; spin--)
+				chunkd__cpu_relax();
+			publish_one(cat, gen, 0);
+		}
+		gen++;
+		sh->rounds++;
+	}
+	chunkd__store_seq_cst(&sh->stop, 1);
+}
+
+static void index_client_side(struct chunkd_cat_map *cat, struct chunkd_req_map *req,
+			      struct shared *sh, int me)
+{
+	struct chunkd_req_client *cl = chunkd__req_client(req, (uint32_t)me);
+	uint32_t hint = (uint32_t)me * 7;
+	uint64_t held = 0, bad = 0;
+	while (!chunkd__load_acquire(&sh->stop)) {
+		struct chunkd_idx_range e;
+		uint64_t flips;
+		int pi = chunkd__pin_find(cat, cl, req->hdr, &hint, RACE_DS, 150, &e, &flips);
+		if (pi == -ENOENT || pi == -EAGAIN)
+			continue;
+		if (pi < 0 || e.slot != SLOT || e.id[0] != e.gen) {
+			bad++;
+			break;
+		}
+		held++;
+		/* While the pin is held the daemon must not delete e.gen. */
+		for (int k = 0; k < 50; k++)
+			if (chunkd__load_seq_cst(&sh->deleted_gen) >= e.gen)
+				bad++;
+		if (chunkd__pin_release(cat, cl, req->hdr, (uint32_t)pi,
+					CHUNKD_PIN_WORD(e.slot, e.gen), flips) != 0)
+			bad++;
+	}
+	sh->held[me] = held;
+	sh->violations[me] = bad;
+}
+
+static void test_race_find_processes(void **state)
+{
+	race_processes(index_daemon_side, index_client_side);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -217,6 +325,7 @@ int main(void)
 		cmocka_unit_test(test_count_matches_incarnation),
 		cmocka_unit_test(test_race_processes),
 		cmocka_unit_test(test_race_threads),
+		cmocka_unit_test(test_race_find_processes),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
