@@ -909,8 +909,8 @@ int chunkd__engine_rings_pending(struct engine *e)
 		if (owner == 0 || owner == CHUNKD_OWNER_RECLAIM)
 			continue;
 		/* seq_cst, after the loop's seq_cst store of need_wake = 1: pairs with the client's
-		 * release store of sq_tail and its seq_cst fence before it loads need_wake. The tail
-		 * is untrusted and only compared; intake validates it. */
+		 * release store of sq_tail and its seq_cst fence before it loads need_wake. The
+		 * tail is untrusted and only compared; intake validates it. */
 		if (chunkd__load_seq_cst(&cl->ctl.sq_tail) != e->head[i])
 			return 1;
 	}

@@ -86,7 +86,8 @@ static void test_idle_daemon_is_woken(void **state)
 		int r = chunkd_wait(c, t, WAIT_MS);
 		if (r != 0)
 			fail_msg("round %u: the idle daemon did not answer a delete within %d ms: "
-				 "chunkd_wait = %d (%s)", i, WAIT_MS, r, chunkd_strerror(r));
+				 "chunkd_wait = %d (%s)",
+				 i, WAIT_MS, r, chunkd_strerror(r));
 	}
 	chunkd_close(c);
 }
@@ -124,9 +125,10 @@ static void *burst_main(void *arg)
 		int r = chunkd_wait(b->c, tickets[i], left);
 		if (r != 0) {
 			snprintf(b->failure, sizeof(b->failure),
-				 "request %u of %u (ticket %" PRIu64 "): chunkd_wait = %d (%s) within "
-				 "%d ms of the burst's end", i + 1, b->n, tickets[i], r,
-				 chunkd_strerror(r), WAIT_MS);
+				 "request %u of %u (ticket %" PRIu64
+				 "): chunkd_wait = %d (%s) within "
+				 "%d ms of the burst's end",
+				 i + 1, b->n, tickets[i], r, chunkd_strerror(r), WAIT_MS);
 			return NULL;
 		}
 	}
@@ -158,7 +160,8 @@ static int burst_proc(struct th_child *self, void *arg)
 			break;
 		TH_CHECK(self, sscanf(cmd, "go %u", &round) == 1, "bad command '%s'", cmd);
 		for (uint32_t k = 0; k < NTHREADS; k++) {
-			b[k] = (struct burster){.c = c, .proc = a->proc, .index = k, .round = round};
+			b[k] =
+			    (struct burster){.c = c, .proc = a->proc, .index = k, .round = round};
 			b[k].n = 1 + (uint32_t)(th_rand(&rng) % BURST);
 			TH_CHECK(self, pthread_create(&b[k].thread, NULL, burst_main, &b[k]) == 0,
 				 "pthread_create");
@@ -166,8 +169,8 @@ static int burst_proc(struct th_child *self, void *arg)
 		for (uint32_t k = 0; k < NTHREADS; k++)
 			pthread_join(b[k].thread, NULL);
 		for (uint32_t k = 0; k < NTHREADS; k++)
-			TH_CHECK(self, !b[k].failure[0], "round %u, process %u, thread %u: %s", round,
-				 a->proc, k, b[k].failure);
+			TH_CHECK(self, !b[k].failure[0], "round %u, process %u, thread %u: %s",
+				 round, a->proc, k, b[k].failure);
 		th_say(self, "done %u", round);
 	}
 	chunkd_close(c);
@@ -196,7 +199,8 @@ static void test_bursts_lose_nothing(void **state)
 		 * Half of them wait until it has stored need_wake = 1, so that the first request
 		 * must ring; the others race with the loop's way into its wait. */
 		if (round % 2 == 0 && th_wait(loop_idle, e->name, IDLE_MS) < 0)
-			fail_msg("round %u: need_wake never read 1 (the loop never went idle)", round);
+			fail_msg("round %u: need_wake never read 1 (the loop never went idle)",
+				 round);
 		for (uint32_t p = 0; p < NPROCS; p++)
 			th_assert_ok(th_child_send(&ch[p], "go %u", round));
 		for (uint32_t p = 0; p < NPROCS; p++)
