@@ -87,10 +87,11 @@ static void *waker_main(void *arg)
 		int timed_out = w < 0 && errno == ETIMEDOUT;
 		/* Pairs with the release increment in chunkd__doorbell_ring. */
 		uint32_t v = chunkd__load_acquire(bell);
-		/* need_wake 0 for a whole timeout: the loop is busy, or a client took the 1 and
-		 * stopped before its ring (docs/shm-layout.md, "Waking the daemon"). Either way a
-		 * spare look is harmless, and it bounds what such a client can delay. An idle
-		 * loop leaves 1 there, so an idle daemon never gets here. Relaxed: only a hint. */
+		/* No ring for a whole timeout and need_wake 0: the loop is busy, or a client took
+		 * the 1 and stopped before its ring (docs/shm-layout.md, "Waking the daemon").
+		 * Either way a spare look is harmless, and it bounds what such a client can delay.
+		 * An idle loop leaves 1 there, so an idle daemon never gets here. Relaxed: only a
+		 * hint. */
 		if (v != seen ||
 		    (timed_out && chunkd__load_relaxed(&d->l.in->req.hdr->need_wake) == 0)) {
 			seen = v;
