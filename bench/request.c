@@ -9,10 +9,10 @@
  * never fetched: the daemon answers a download of a published identical chunk at once).
  *
  *   enqueue            ns per chunkd_download() call (validate, encode into the shared ring,
- *                      ring the doorbell), timed over batches of --batch calls; between batches
- *                      (untimed) every ticket is waited for, so the ring never fills and every
- *                      call takes the fast path. The daemon works on the requests meanwhile, on
- *                      the other core.
+ *                      ring the doorbell if the daemon's loop may be blocked), timed over
+ *                      batches of --batch calls; between batches (untimed) every ticket is
+ *                      waited for, so the ring never fills and every call takes the fast path.
+ *                      The daemon works on the requests meanwhile, on the other core.
  *   encode only        chunkd's validation + record encoding into private memory
  *                      (chunkd__check_chunk + chunkd__rec_encode_download): the part of an
  *                      enqueue that is not the shared ring and the doorbell.

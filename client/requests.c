@@ -53,8 +53,10 @@ static int enqueue(chunkd_client *c, int kind, const void *arg, uint64_t *ticket
 		*ticket = t;
 out:
 	pthread_mutex_unlock(&c->sq_lock);
+	/* After the release store of sq_tail in chunkd__sq_commit: rings only if the daemon's loop
+	 * may be blocked. */
 	if (r == 0)
-		chunkd__doorbell_ring(c->req.hdr);
+		chunkd__doorbell_ring_if_idle(c->req.hdr);
 	return r;
 }
 

@@ -898,6 +898,25 @@ void chunkd__engine_intake(struct engine *e)
 	}
 }
 
+int chunkd__engine_rings_pending(struct engine *e)
+{
+	if (e->quiescing)
+		return 0; /* intake takes nothing now: the records wait for the next daemon */
+	for (uint32_t i = 0; i < e->nclients; i++) {
+		struct chunkd_req_client *cl = chunkd__req_client(&e->in->req, i);
+		/* Pairs with the client's seq_cst CAS/store of its owner word. */
+		uint64_t owner = chunkd__load_acquire(&cl->ctl.owner);
+		if (owner == 0 || owner == CHUNKD_OWNER_RECLAIM)
+			continue;
+		/* seq_cst, after the loop's seq_cst store of need_wake = 1: pairs with the client's
+		 * release store of sq_tail and its seq_cst fence before it loads need_wake. The
+		 * tail is untrusted and only compared; intake validates it. */
+		if (chunkd__load_seq_cst(&cl->ctl.sq_tail) != e->head[i])
+			return 1;
+	}
+	return 0;
+}
+
 /* Reset a reclaimed client's ring and tickets and free its slot. */
 static void finish_gone(struct engine *e, uint32_t client)
 {

@@ -38,6 +38,11 @@ void chunkd__engine_destroy(struct engine *e);
 /* Take every complete record from every client ring. */
 void chunkd__engine_intake(struct engine *e);
 
+/* 1 if some live client's ring holds records intake has not taken yet (and intake would take
+ * them: 0 while quiescing), else 0. Loads each tail with seq_cst: the loop's half of the
+ * need_wake Dekker (docs/shm-layout.md, "Waking the daemon"). */
+int chunkd__engine_rings_pending(struct engine *e);
+
 /* A client slot's owner died or closed: take what is left in its ring, forget its waiters, reset
  * its ring and ticket table. Called with the slot in RECLAIM state, before it is freed. */
 void chunkd__engine_client_gone(struct engine *e, uint32_t client);

@@ -83,10 +83,17 @@ static void *waker_main(void *arg)
 	uint32_t seen = d->bell_seen;
 	while (!chunkd__load_acquire(&d->waker_stop)) {
 		struct timespec ts = {.tv_sec = WAKER_TIMEOUT_S};
-		syscall(SYS_futex, bell, FUTEX_WAIT, seen, &ts, NULL, 0);
+		long w = syscall(SYS_futex, bell, FUTEX_WAIT, seen, &ts, NULL, 0);
+		int timed_out = w < 0 && errno == ETIMEDOUT;
 		/* Pairs with the release increment in chunkd__doorbell_ring. */
 		uint32_t v = chunkd__load_acquire(bell);
-		if (v != seen) {
+		/* No ring for a whole timeout and need_wake 0: the loop is busy, or a client took
+		 * the 1 and stopped before its ring (docs/shm-layout.md, "Waking the daemon").
+		 * Either way a spare look is harmless, and it bounds what such a client can delay.
+		 * An idle loop leaves 1 there, so an idle daemon never gets here. Relaxed: only a
+		 * hint. */
+		if (v != seen ||
+		    (timed_out && chunkd__load_relaxed(&d->l.in->req.hdr->need_wake) == 0)) {
 			seen = v;
 			uint64_t one = 1;
 			ssize_t n = write(d->bell.fd, &one, sizeof(one));
@@ -227,6 +234,27 @@ static void on_doorbell(struct loop *l, struct op *op, int res, uint32_t flags)
 	arm_poll(l, &d->bell.op, d->bell.fd);
 }
 
+/* The loop may block next: from here on an enqueue must ring the doorbell. Store need_wake = 1,
+ * then look at every ring; records that arrived before the store are taken now, and the wait
+ * becomes a zero timeout (the next iteration acts on them). docs/shm-layout.md, "Waking the
+ * daemon": the store and the tail loads are the loop's half of a Dekker pair with
+ * chunkd__doorbell_ring_if_idle, so a record is either seen here or its client rings. */
+static void take_before_block(struct daemon_loop *d, struct __kernel_timespec *ts,
+			      struct __kernel_timespec **tsp)
+{
+	uint32_t *need_wake = &d->l.in->req.hdr->need_wake;
+	/* Pairs with the client's seq_cst fence and load of need_wake after its sq_tail store. */
+	chunkd__store_seq_cst(need_wake, 1);
+	if (!chunkd__engine_rings_pending(d->l.eng))
+		return;
+	/* Awake after all: relaxed, the loop scans again before it next may block. */
+	chunkd__store_relaxed(need_wake, 0);
+	chunkd__engine_intake(d->l.eng);
+	ts->tv_sec = 0;
+	ts->tv_nsec = 0;
+	*tsp = ts;
+}
+
 int chunkd__loop_run(struct instance *in, struct catalog *cat, struct engine *eng,
 		     void (*on_ready)(void *arg), void *ready_arg)
 {
@@ -283,12 +311,15 @@ int chunkd__loop_run(struct instance *in, struct catalog *cat, struct engine *en
 
 	arm_poll(l, &d->sig.op, d->sig.fd);
 	arm_poll(l, &d->bell.op, d->bell.fd);
+	/* Everything already in the rings, whether or not its client rang, and whatever need_wake
+	 * a dead daemon left: the first take_before_block() stores 1 and looks again. */
 	sync_clients(d);
 	chunkd__engine_intake(l->eng);
 	chunkd__engine_flush(l->eng);
 	if (on_ready)
 		on_ready(ready_arg);
 	chunkd__engine_after_ready(l->eng);
+	uint32_t *need_wake = &in->req.hdr->need_wake;
 	int quiesced = 0;
 	while (!quiesced) {
 		uint64_t deadline = chunkd__engine_run(l->eng);
@@ -310,12 +341,18 @@ int chunkd__loop_run(struct instance *in, struct catalog *cat, struct engine *en
 			ts.tv_nsec = (long long)(ms % 1000) * 1000000;
 			tsp = &ts;
 		}
+		if (!tsp || ts.tv_sec || ts.tv_nsec)
+			take_before_block(d, &ts, &tsp);
 		struct io_uring_cqe *cqe;
 		r = io_uring_submit_and_wait_timeout(&l->ring, &cqe, 1, tsp, NULL);
 		if (r < 0 && r != -ETIME && r != -EINTR) {
 			log_error("io_uring_submit_and_wait_timeout: %s", strerror(-r));
 			break;
 		}
+		/* Awake: enqueues need not ring until the next take_before_block(). Relaxed: a
+		 * client that still reads 1 only rings in vain. */
+		if (chunkd__load_relaxed(need_wake))
+			chunkd__store_relaxed(need_wake, 0);
 		unsigned head, n = 0;
 		io_uring_for_each_cqe(&l->ring, head, cqe)
 		{

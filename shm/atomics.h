@@ -18,6 +18,7 @@
 #define chunkd__store_release(p, v) __atomic_store_n((p), (v), __ATOMIC_RELEASE)
 #define chunkd__store_seq_cst(p, v) __atomic_store_n((p), (v), __ATOMIC_SEQ_CST)
 #define chunkd__fetch_add(p, v, mo) __atomic_fetch_add((p), (v), (mo))
+#define chunkd__exchange_seq_cst(p, v) __atomic_exchange_n((p), (v), __ATOMIC_SEQ_CST)
 #define chunkd__fence_acquire() __atomic_thread_fence(__ATOMIC_ACQUIRE)
 #define chunkd__fence_release() __atomic_thread_fence(__ATOMIC_RELEASE)
 #define chunkd__fence_seq_cst() __atomic_thread_fence(__ATOMIC_SEQ_CST)

@@ -166,7 +166,12 @@ struct chunkd_req_hdr {
 	uint64_t size;
 	uint8_t _pad0[CHUNKD_CACHELINE - 48];
 	uint32_t doorbell; /* futex word: any process increments and wakes; the daemon waits */
-	uint8_t _pad1[CHUNKD_PAGE - CHUNKD_CACHELINE - 4];
+	uint8_t _pad1[CHUNKD_CACHELINE - 4];
+	/* Atomic, 1 = the daemon's loop may be blocked: an enqueue must ring the doorbell. The loop
+	 * stores 1 (seq_cst) before it may block and 0 when awake; a client that reads 1 exchanges
+	 * it to 0 and rings if it got the 1 (docs/shm-layout.md, "Waking the daemon"). */
+	uint32_t need_wake;
+	uint8_t _pad2[CHUNKD_PAGE - 2 * CHUNKD_CACHELINE - 4];
 };
 
 /* Marks a client slot the daemon is reclaiming (never a valid owner word: pid 0). */
@@ -265,6 +270,8 @@ _Static_assert(sizeof(struct chunkd_idx_id) == 40, "id entry");
 _Static_assert(sizeof(struct chunkd_req_hdr) == CHUNKD_PAGE, "req header is one page");
 _Static_assert(offsetof(struct chunkd_req_hdr, doorbell) == CHUNKD_CACHELINE,
 	       "doorbell has its own cache line");
+_Static_assert(offsetof(struct chunkd_req_hdr, need_wake) == 2 * CHUNKD_CACHELINE,
+	       "need_wake has its own cache line");
 _Static_assert(sizeof(struct chunkd_req_client_ctl) == CHUNKD_CACHELINE, "client ctl line");
 _Static_assert(offsetof(struct chunkd_req_client, d) == CHUNKD_CACHELINE,
 	       "daemon-written line follows the client's");

@@ -215,7 +215,8 @@ uint8_t *chunkd__sq_reserve(struct chunkd_req_client *cl, uint32_t len, uint64_t
 
 void chunkd__sq_commit(struct chunkd_req_client *cl, uint64_t new_tail)
 {
-	/* Publishes the record bytes; pairs with the daemon's acquire load of sq_tail. */
+	/* Publishes the record bytes; pairs with the daemon's acquire load of sq_tail in intake
+	 * (and its seq_cst load in chunkd__engine_rings_pending). */
 	chunkd__store_release(&cl->ctl.sq_tail, new_tail);
 }
 

@@ -266,6 +266,22 @@ void chunkd__doorbell_ring(struct chunkd_req_hdr *hdr)
 	syscall(SYS_futex, &hdr->doorbell, FUTEX_WAKE, 1, NULL, NULL, 0);
 }
 
+int chunkd__doorbell_ring_if_idle(struct chunkd_req_hdr *hdr)
+{
+	/* Dekker with the daemon's loop: we did store sq_tail (release); fence; load need_wake, the
+	 * loop does store need_wake = 1; load sq_tail, all seq_cst, so one of us sees the other's
+	 * store. The fence keeps our tail store from passing the load below. */
+	chunkd__fence_seq_cst();
+	/* Pairs with the loop's seq_cst store of 1 before it may block (daemon/loop.c). */
+	if (chunkd__load_seq_cst(&hdr->need_wake) != 1)
+		return 0; /* the loop is awake and scans every ring before it blocks */
+	/* Of the producers that saw 1, the one that takes it rings; the others need not. */
+	if (chunkd__exchange_seq_cst(&hdr->need_wake, 0) != 1)
+		return 0;
+	chunkd__doorbell_ring(hdr);
+	return 1;
+}
+
 int chunkd__slot_read(const struct chunkd_cat_map *m, uint32_t slot, struct chunkd_slot_copy *out)
 {
 	const struct chunkd_slot *s = &m->slots[slot];

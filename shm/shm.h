@@ -83,8 +83,15 @@ int chunkd__req_attach(const char *name, int writable, struct chunkd_req_map *m,
 void chunkd__cat_detach(struct chunkd_cat_map *m);
 void chunkd__req_detach(struct chunkd_req_map *m);
 
-/* Ring the daemon's doorbell: increment the futex word and wake a waiter. */
+/* Ring the daemon's doorbell: increment the futex word and wake a waiter. Unconditional: for
+ * the rare events the daemon must always notice (attach, close, a released pin of a condemned
+ * chunk, its own shutdown). */
 void chunkd__doorbell_ring(struct chunkd_req_hdr *hdr);
+
+/* After publishing ring records (chunkd__sq_commit): ring the doorbell only if the daemon's loop
+ * may be blocked (need_wake reads 1) and this caller is the one that exchanged it to 0. Returns
+ * 1 if it rang, else 0. docs/shm-layout.md, "Waking the daemon", has the argument. */
+int chunkd__doorbell_ring_if_idle(struct chunkd_req_hdr *hdr);
 
 /* ---- process identity (proc.c) ------------------------------------------------------------- */
 

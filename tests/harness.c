@@ -880,6 +880,18 @@ int th_ring_doorbell(const char *name)
 	return 0;
 }
 
+int th_need_wake(const char *name)
+{
+	struct chunkd_req_map m;
+	int r = chunkd__req_attach(name, 0, &m, NULL, 0);
+	if (r < 0)
+		return r;
+	/* Pairs with the daemon loop's seq_cst store of 1 before it may block. */
+	r = (int)(chunkd__load_seq_cst(&m.hdr->need_wake) & 0x7fffffff);
+	chunkd__req_detach(&m);
+	return r;
+}
+
 /* ---- the daemon ----------------------------------------------------------------------------- */
 
 int th_daemon_start(struct th_daemon *d, const char *name, const char *data_dir,

@@ -229,6 +229,10 @@ int th_clients_in_use(const char *name, pid_t pid);
 /* Ring the instance's doorbell, as every client call that needs the daemon does. */
 int th_ring_doorbell(const char *name);
 
+/* The request header's need_wake word (1: the daemon's loop may be blocked, so the next enqueue
+ * rings the doorbell), or a negative errno from attaching. Read-only, like th_client_slot. */
+int th_need_wake(const char *name);
+
 /* ---- the daemon ----------------------------------------------------------------------------- */
 
 struct th_daemon {

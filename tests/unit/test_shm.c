@@ -182,6 +182,35 @@ static void test_owner_identity(void **state)
 	assert_false(chunkd__owner_alive(child));
 }
 
+/* The enqueue's conditional ring (shm/shm.c): it rings only when need_wake reads 1, takes the 1,
+ * and rings once for it. A header in private memory: FUTEX_WAKE without a waiter is harmless.
+ * Each step: the need_wake the loop left (-1: leave the word as the last step left it), then
+ * whether the call rings, and the doorbell and need_wake it leaves. */
+static void test_doorbell_ring_if_idle(void **state)
+{
+	static struct chunkd_req_hdr hdr __attribute__((aligned(CHUNKD_PAGE)));
+	static const struct {
+		int set;
+		int rang;
+		uint32_t bell, need_wake;
+	} steps[] = {
+	    {0, 0, 41, 0},  /* the loop is awake: no ring, nothing written */
+	    {1, 1, 42, 0},  /* it may be blocked: one ring, and the 1 is taken */
+	    {-1, 0, 42, 0}, /* the next enqueue, before the loop stores 1 again: no ring */
+	    {1, 1, 43, 0},  /* the loop blocked again: the next enqueue rings again */
+	    {2, 0, 43, 2},  /* the word is client-writable: only 1 means "may be blocked" */
+	};
+	memset(&hdr, 0, sizeof(hdr));
+	hdr.doorbell = 41;
+	for (size_t i = 0; i < sizeof(steps) / sizeof(steps[0]); i++) {
+		if (steps[i].set >= 0)
+			hdr.need_wake = (uint32_t)steps[i].set;
+		assert_int_equal(chunkd__doorbell_ring_if_idle(&hdr), steps[i].rang);
+		assert_int_equal(hdr.doorbell, steps[i].bell);
+		assert_int_equal(hdr.need_wake, steps[i].need_wake);
+	}
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -189,6 +218,7 @@ int main(void)
 		cmocka_unit_test(test_geometry),
 		cmocka_unit_test(test_attach_checks),
 		cmocka_unit_test(test_owner_identity),
+		cmocka_unit_test(test_doorbell_ring_if_idle),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
