@@ -1072,7 +1072,16 @@ long chunkd__xfer_deliver(struct engine *e, struct xfer *x, const void *data, si
 	if (x->result || x->job->state != J_RUNNING || !x->job->want_present)
 		return -1;
 	size_t space = x->cur ? WBUF_SIZE - x->cur->len : 0;
-	if (space < n && (e->nfree_bufs == 0 || n - space > WBUF_SIZE)) {
+	assert(n <= WBUF_SIZE); /* so one free buffer always makes room for a paused transfer */
+	if (space < n && e->nfree_bufs == 0) {
+		/* No buffer for the rest: pause. A paused transfer holds no buffer (its partly
+		 * filled one is written now), so buffers held by paused transfers can never starve
+		 * every transfer (--buffers below --transfers). */
+		if (x->cur) {
+			assert(x->cur->len > 0); /* a buffer is taken only to be filled */
+			submit_buf(e, x, x->cur);
+			x->cur = NULL;
+		}
 		if (!x->paused) {
 			x->paused = 1;
 			x->next_paused = e->paused;
