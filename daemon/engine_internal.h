@@ -87,6 +87,7 @@ struct xfer {
 	uint64_t resume_from; /* from the resume file: continue at this offset (next attempt) */
 	uint32_t resume_crc;
 	int resume_done;      /* the resume file says the file was complete */
+	int resume_recorded;  /* the resume file on disk may hold a record (D or P) of it */
 	char validator[160];  /* "E<etag>" or "L<last-modified>" of the origin, "" if none */
 	uint64_t range_start; /* Content-Range start of a 206 answer, UINT64_MAX if none */
 	uint64_t range_total; /* total size in a 416 answer's Content-Range, UINT64_MAX if none */
