@@ -1106,9 +1106,9 @@ long chunkd__xfer_deliver(struct engine *e, struct xfer *x, const void *data, si
 		if (k > left)
 			k = left;
 		/* Piece by piece, so that x->crc covers exactly the bytes up to a buffer's end
-		 * when it is submitted (the resume checkpoint records it). */
-		x->crc = chunkd__crc32c(x->crc, p, k);
-		memcpy(x->cur->data + x->cur->len, p, k);
+		 * when it is submitted (the resume checkpoint records it); the CRC is computed
+		 * while copying, one pass over the bytes. */
+		x->crc = chunkd__crc32c_copy(x->crc, x->cur->data + x->cur->len, p, k);
 		x->cur->len += (uint32_t)k;
 		p += k;
 		left -= k;
