@@ -12,8 +12,9 @@
  *   cancel:    any download step -> CANCEL (wait for ops in flight) -> staging removed -> slot
  *              freed (or failed, for a download whose attempts ran out)
  *
- * Blocking calls: open/close and directory listing run synchronously (metadata operations on
- * the data dir's own file system); data writes, fsync, mkdirat, renameat and unlinkat go through
+ * Blocking calls: open/close, directory listing and the resume file's small in-place pwrite run
+ * synchronously (metadata operations on the data dir's own file system, and a page-cache copy of
+ * at most 256 bytes per file); data writes, fsync, mkdirat, renameat and unlinkat go through
  * io_uring.
  */
 #include "engine_internal.h"
@@ -85,6 +86,8 @@ struct job {
 	uint32_t inflight; /* ops of the job and its transfers in flight */
 	int dirfd;         /* staging dir (download) or trash dir (delete), -1 when closed */
 	char tmpname[96];  /* entry name in staging/ or trash/ */
+	int resume_fd;     /* staging/<tmpname>.resume, open once written, -1 when closed */
+	char *resume_buf;  /* its records, RESUME_REC bytes per file */
 	int fail_err;      /* download failed for good: error to report */
 	char fail_msg[CHUNKD_SLOT_MSG_MAX];
 	long fail_http;
@@ -396,6 +399,7 @@ static struct job *job_new(struct engine *e, uint32_t slot)
 	j->op.fn = NULL;
 	j->slot = slot;
 	j->dirfd = -1;
+	j->resume_fd = -1;
 	e->jobs[slot] = j;
 	return j;
 }
@@ -414,6 +418,7 @@ static void xfers_free(struct job *j)
 }
 
 static void job_unrun(struct engine *e, struct job *j);
+static void resume_close(struct job *j);
 
 static void job_free(struct engine *e, struct job *j)
 {
@@ -422,6 +427,7 @@ static void job_free(struct engine *e, struct job *j)
 	if (e->jobs[j->slot] == j)
 		e->jobs[j->slot] = NULL;
 	xfers_free(j);
+	resume_close(j);
 	if (j->dirfd >= 0)
 		close(j->dirfd);
 	free(j->dl);
@@ -1091,7 +1097,16 @@ long chunkd__xfer_deliver(struct engine *e, struct xfer *x, const void *data, si
 	if (x->result || x->job->state != J_RUNNING || !x->job->want_present)
 		return -1;
 	size_t space = x->cur ? WBUF_SIZE - x->cur->len : 0;
-	if (space < n && (e->nfree_bufs == 0 || n - space > WBUF_SIZE)) {
+	assert(n <= WBUF_SIZE); /* so one free buffer always makes room for a paused transfer */
+	if (space < n && e->nfree_bufs == 0) {
+		/* No buffer for the rest: pause. A paused transfer holds no buffer (its partly
+		 * filled one is written now), so buffers held by paused transfers can never starve
+		 * every transfer (--buffers below --transfers). */
+		if (x->cur) {
+			assert(x->cur->len > 0); /* a buffer is taken only to be filled */
+			submit_buf(e, x, x->cur);
+			x->cur = NULL;
+		}
 		if (!x->paused) {
 			x->paused = 1;
 			x->next_paused = e->paused;
@@ -1110,9 +1125,9 @@ long chunkd__xfer_deliver(struct engine *e, struct xfer *x, const void *data, si
 		if (k > left)
 			k = left;
 		/* Piece by piece, so that x->crc covers exactly the bytes up to a buffer's end
-		 * when it is submitted (the resume checkpoint records it). */
-		x->crc = chunkd__crc32c(x->crc, p, k);
-		memcpy(x->cur->data + x->cur->len, p, k);
+		 * when it is submitted (the resume checkpoint records it); the CRC is computed
+		 * while copying, one pass over the bytes. */
+		x->crc = chunkd__crc32c_copy(x->crc, x->cur->data + x->cur->len, p, k);
 		x->cur->len += (uint32_t)k;
 		p += k;
 		left -= k;
@@ -1159,78 +1174,139 @@ void chunkd__xfer_restart_at_zero(struct engine *e, struct xfer *x)
 	j->desc.bytes_done -= x->received < j->desc.bytes_done ? x->received : j->desc.bytes_done;
 	x->received = x->prefix = x->ckpt = x->start_off = 0;
 	x->crc = x->prefix_crc = x->ckpt_crc = 0;
+	if (x->resume_recorded)
+		write_resume(e, j); /* its record of the old prefix must go before the bytes */
 	if (x->fd >= 0 && ftruncate(x->fd, 0) < 0)
 		xfer_fail(e, x, -errno, "truncating %s: %s", j->dl->files[x->idx].name,
 			  strerror(errno));
 }
 
-/* The job's resume file, staging/<id>.resume: one line per file with a recorded prefix,
- * "<index> <bytes> <crc32c> <D|P> <validator>", D for a complete file, P for a prefix. Written
- * to a temporary name and renamed, so a crash leaves the old or the new file. */
+/*
+ * The job's resume file, staging/<id>.resume (docs/on-disk.md): one record of RESUME_REC bytes
+ * per file of the chunk, record i at offset i * RESUME_REC:
+ *
+ *   "<index> <bytes> <crc32c> <kind> <validator>" padded with spaces, " <check>\n"
+ *
+ * kind D: the file is complete (fsynced), P: bytes [0, <bytes>) are durable (fdatasynced), -:
+ * nothing recorded; validator "-" if none; check is the CRC32C of the record's bytes before it,
+ * in 8 hex digits. Every change rewrites all records in place with one pwrite() into the file,
+ * which stays open while the download runs: no temporary file and no rename per completed file
+ * (on a file system mounted with discard, replacing a file through a rename cost a synchronous
+ * discard, on the loop thread, every time). A record a crash tore fails its check and is
+ * ignored: that file starts over, which is always safe. A record is written only after the
+ * fsync or fdatasync that made what it claims durable has completed.
+ */
+#define RESUME_REC 256u
+#define RESUME_CHECK 10u /* " %08x\n" */
+_Static_assert(CHUNKD_MAX_FILES <= 64, "write_resume() keeps a bit per file in a u64");
+_Static_assert(sizeof(((struct xfer *)0)->validator) + 64 < RESUME_REC - RESUME_CHECK,
+	       "a record's fields and longest validator fit its body");
+
+static void resume_close(struct job *j)
+{
+	if (j->resume_fd >= 0)
+		close(j->resume_fd);
+	j->resume_fd = -1;
+	free(j->resume_buf);
+	j->resume_buf = NULL;
+}
+
+/* Close the job's resume file and remove it from staging/. */
+static void resume_remove(struct engine *e, struct job *j)
+{
+	char name[sizeof(j->tmpname) + 16];
+	resume_close(j);
+	snprintf(name, sizeof(name), "%s.resume", j->tmpname);
+	unlinkat(e->staging_fd, name, 0);
+}
+
+/* Format file i's record into rec (RESUME_REC bytes); returns its kind. */
+static char resume_format(const struct xfer *x, uint32_t i, char *rec)
+{
+	int done = x->state == X_DONE;
+	uint64_t bytes = done ? x->received : x->ckpt;
+	uint32_t crc = done ? x->crc : x->ckpt_crc;
+	char kind = done ? 'D' : 'P';
+	if (!bytes || (!done && !x->validator[0])) {
+		bytes = 0;
+		crc = 0;
+		kind = '-';
+	}
+	size_t body = RESUME_REC - RESUME_CHECK;
+	int n = snprintf(rec, body + 1, "%u %llu %08x %c %s", i, (unsigned long long)bytes, crc,
+			 kind, x->validator[0] ? x->validator : "-");
+	assert(n > 0 && (size_t)n < body); /* validator < 160 bytes */
+	memset(rec + n, ' ', body - (size_t)n);
+	char check[RESUME_CHECK + 1];
+	snprintf(check, sizeof(check), " %08x\n", chunkd__crc32c(0, rec, body));
+	memcpy(rec + body, check, RESUME_CHECK);
+	return kind;
+}
+
 static void write_resume(struct engine *e, struct job *j)
 {
-	char name[sizeof(j->tmpname) + 16], tmp[sizeof(j->tmpname) + 16];
-	snprintf(name, sizeof(name), "%s.resume", j->tmpname);
-	snprintf(tmp, sizeof(tmp), "%s.resume.tmp", j->tmpname);
-	size_t cap = 64 + (size_t)j->dl->nfiles * 220, len = 0;
-	char *buf = malloc(cap);
-	if (!buf)
+	size_t len = (size_t)j->dl->nfiles * RESUME_REC;
+	if (!j->resume_buf && !(j->resume_buf = malloc(len)))
+		return; /* progress only: a restart fetches more again */
+	uint64_t recorded = 0; /* bit i: file i has a D or P record (CHUNKD_MAX_FILES <= 64) */
+	for (uint32_t i = 0; i < j->dl->nfiles; i++)
+		if (resume_format(&j->x[i], i, j->resume_buf + (size_t)i * RESUME_REC) != '-')
+			recorded |= 1ull << i;
+	if (j->resume_fd < 0) {
+		char name[sizeof(j->tmpname) + 16];
+		snprintf(name, sizeof(name), "%s.resume", j->tmpname);
+		/* No O_TRUNC: every write covers all records; bytes after them are ignored. */
+		j->resume_fd = openat(e->staging_fd, name, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+		if (j->resume_fd < 0)
+			return;
+	}
+	if (pwrite(j->resume_fd, j->resume_buf, len, 0) != (ssize_t)len) {
+		close(j->resume_fd); /* reopened by the next write */
+		j->resume_fd = -1;
 		return;
-	for (uint32_t i = 0; i < j->dl->nfiles; i++) {
-		const struct xfer *x = &j->x[i];
-		int done = x->state == X_DONE;
-		uint64_t bytes = done ? x->received : x->ckpt;
-		uint32_t crc = done ? x->crc : x->ckpt_crc;
-		if (!bytes || (!done && !x->validator[0]))
-			continue;
-		len += (size_t)snprintf(buf + len, cap - len, "%u %llu %08x %c %s\n", i,
-					(unsigned long long)bytes, crc, done ? 'D' : 'P',
-					x->validator[0] ? x->validator : "-");
 	}
-	int fd = openat(e->staging_fd, tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-	if (fd >= 0) {
-		ssize_t w = write(fd, buf, len);
-		close(fd);
-		if (w == (ssize_t)len)
-			renameat(e->staging_fd, tmp, e->staging_fd, name);
-		else
-			unlinkat(e->staging_fd, tmp, 0);
-	}
-	free(buf);
+	for (uint32_t i = 0; i < j->dl->nfiles; i++)
+		j->x[i].resume_recorded = (int)((recorded >> i) & 1);
 }
 
 /* A staging dir survived: read the resume file and set what each transfer can continue from.
- * Files whose recorded size does not match the file on disk start over. */
+ * Records that fail their check, and files whose recorded size does not match the file on disk,
+ * start over. */
 static void read_resume(struct engine *e, struct job *j)
 {
-	char name[sizeof(j->tmpname) + 16], buf[64 * 1024];
+	char name[sizeof(j->tmpname) + 16];
+	size_t len = (size_t)j->dl->nfiles * RESUME_REC;
 	snprintf(name, sizeof(name), "%s.resume", j->tmpname);
 	int fd = openat(e->staging_fd, name, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
 		return;
-	ssize_t n = read(fd, buf, sizeof(buf) - 1);
+	char *buf = malloc(len);
+	ssize_t n = buf ? pread(fd, buf, len, 0) : -1;
 	close(fd);
-	if (n <= 0)
-		return;
-	buf[n] = '\0';
-	for (char *line = buf, *nl; *line; line = nl + 1) {
-		nl = strchr(line, '\n');
-		if (!nl)
-			break;
-		*nl = '\0';
+	for (uint32_t i = 0; n > 0 && i < (uint32_t)n / RESUME_REC; i++) {
+		char *rec = buf + (size_t)i * RESUME_REC, *body_end = rec + RESUME_REC - RESUME_CHECK;
+		char check[RESUME_CHECK + 1];
+		snprintf(check, sizeof(check), " %08x\n",
+			 chunkd__crc32c(0, rec, RESUME_REC - RESUME_CHECK));
+		if (memcmp(body_end, check, RESUME_CHECK) != 0)
+			continue; /* torn, or not this format */
+		*body_end = '\0';
+		while (body_end > rec && body_end[-1] == ' ')
+			*--body_end = '\0';
 		unsigned idx, crc;
 		unsigned long long bytes;
 		char kind;
 		int off = 0;
-		if (sscanf(line, "%u %llu %x %c %n", &idx, &bytes, &crc, &kind, &off) != 4 ||
-		    idx >= j->dl->nfiles || off == 0)
+		if (sscanf(rec, "%u %llu %x %c %n", &idx, &bytes, &crc, &kind, &off) != 4 ||
+		    idx != i || off == 0 || kind == '-')
 			continue;
 		struct xfer *x = &j->x[idx];
+		x->resume_recorded = 1;
 		struct stat st;
 		if (fstatat(j->dirfd, j->dl->files[idx].name, &st, AT_SYMLINK_NOFOLLOW) < 0 ||
 		    (uint64_t)st.st_size < bytes)
 			continue;
-		const char *v = line + off;
+		const char *v = rec + off;
 		snprintf(x->validator, sizeof(x->validator), "%s", strcmp(v, "-") ? v : "");
 		if (kind == 'D' && (uint64_t)st.st_size == bytes) {
 			x->resume_done = 1;
@@ -1241,6 +1317,7 @@ static void read_resume(struct engine *e, struct job *j)
 			x->resume_crc = crc;
 		}
 	}
+	free(buf);
 }
 
 static void xfer_start(struct engine *e, struct xfer *x)
@@ -1264,6 +1341,8 @@ static void xfer_start(struct engine *e, struct xfer *x)
 	if (x->attempts > j->desc.attempts)
 		j->desc.attempts = x->attempts; /* the chunk's attempts: its most-tried file's */
 	e->running_xfers++;
+	if (!from && x->resume_recorded)
+		write_resume(e, j); /* the file starts over: its old record must go first */
 	x->fd = openat(j->dirfd, f->name, O_WRONLY | O_CREAT | (from ? 0 : O_TRUNC) | O_CLOEXEC,
 		       0644);
 	if (x->fd >= 0 && from && ftruncate(x->fd, (off_t)from) < 0) {
@@ -1604,9 +1683,7 @@ static void on_job_op(struct loop *l, struct op *op, int res, uint32_t flags)
 			log_info("chunk slot %u: resuming from staging (%u of %u files complete)",
 				 j->slot, j->files_done, j->dl->nfiles);
 		} else {
-			char name[sizeof(j->tmpname) + 16];
-			snprintf(name, sizeof(name), "%s.resume", j->tmpname);
-			unlinkat(e->staging_fd, name, 0); /* stale, from a cancelled incarnation */
+			resume_remove(e, j); /* stale, from a cancelled incarnation */
 		}
 		chunkd__catalog_set_state(e->cat, j->slot, CHUNKD_SLOT_DOWNLOADING);
 		job_advance(e, j); /* every file may be complete already */
@@ -1657,11 +1734,7 @@ static void on_job_op(struct loop *l, struct op *op, int res, uint32_t flags)
 			start_cancel(e, j);
 			return;
 		}
-		{
-			char name[sizeof(j->tmpname) + 16];
-			snprintf(name, sizeof(name), "%s.resume", j->tmpname);
-			unlinkat(e->staging_fd, name, 0);
-		}
+		resume_remove(e, j);
 		j->tmpname[0] = '\0'; /* nothing left in staging */
 		j->state = J_PARENTSYNC;
 		job_step(e, j);
@@ -1720,9 +1793,7 @@ static void job_fail_or_cancel_done(struct engine *e, struct job *j)
 		if (r < 0)
 			log_warn("chunk slot %u: removing staging/%s: %s", slot, j->tmpname,
 				 strerror(-r));
-		char name[sizeof(j->tmpname) + 16];
-		snprintf(name, sizeof(name), "%s.resume", j->tmpname);
-		unlinkat(e->staging_fd, name, 0);
+		resume_remove(e, j);
 		j->tmpname[0] = '\0';
 	}
 	if (j->in_chunks) {
@@ -2314,6 +2385,7 @@ static void job_suspend_done(struct engine *e, struct job *j)
 		}
 	}
 	write_resume(e, j);
+	resume_close(j);
 	xfers_free(j);
 	if (j->dirfd >= 0) {
 		close(j->dirfd);

@@ -87,6 +87,7 @@ struct xfer {
 	uint64_t resume_from; /* from the resume file: continue at this offset (next attempt) */
 	uint32_t resume_crc;
 	int resume_done;      /* the resume file says the file was complete */
+	int resume_recorded;  /* the resume file on disk may hold a record (D or P) of it */
 	char validator[160];  /* "E<etag>" or "L<last-modified>" of the origin, "" if none */
 	uint64_t range_start; /* Content-Range start of a 206 answer, UINT64_MAX if none */
 	uint64_t range_total; /* total size in a 416 answer's Content-Range, UINT64_MAX if none */
@@ -119,8 +120,9 @@ struct source_ops {
 /* A cancelled source has no op in flight any more: release it and let the job go on. */
 void chunkd__xfer_source_released(struct engine *e, struct xfer *x);
 
-/* Offer bytes to x's file. Returns n when taken, 0 when no buffer space is free right now (the
- * source must pause and wait for resume), or -1 when x must stop (cancelled or failed). */
+/* Offer n <= WBUF_SIZE bytes to x's file (curl hands at most CURL_MAX_WRITE_SIZE, 16 KiB, to
+ * a write callback). Returns n when taken, 0 when no buffer space is free right now (the source
+ * must pause and wait for resume), or -1 when x must stop (cancelled or failed). */
 long chunkd__xfer_deliver(struct engine *e, struct xfer *x, const void *data, size_t n);
 
 /* The source ended: err 0 = complete, else a negative errno; msg describes a failure. */

@@ -707,33 +707,148 @@ static uint32_t crc32c_slice8(uint32_t crc, const uint8_t *p, size_t len)
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #define CRC32C_HW 1
-/* The SSE4.2 crc32 instruction computes exactly CRC-32C, eight bytes per instruction. */
-__attribute__((target("sse4.2"))) static uint32_t crc32c_sse42(uint32_t crc, const uint8_t *p,
-							       size_t len)
+
+/*
+ * The SSE4.2 crc32 instruction computes exactly CRC-32C, eight bytes per instruction, but one
+ * instruction depends on the previous one's result (3 cycles of latency, 1 of throughput). So
+ * large blocks are split into three lanes of equal length, CRCed in three independent streams
+ * and combined: for the raw register (no inversion), crc(A || B) = shift(crc(A), |B|) ^ crc0(B),
+ * where crc0 starts from 0 and shift(c, n) is c times x^(8n) modulo the polynomial, a linear map
+ * applied by four lookups in a table made for that n (crc_shift_init()). This is the scheme of
+ * Mark Adler's crc32c.c and of the Linux kernel's crc32c-pcl-intel.
+ */
+#define CRC_LONG 4096 /* lane length of a long block: 12 KiB per block */
+#define CRC_SHORT 256 /* lane length of a short block: 768 bytes per block */
+static uint32_t crc_long[4][256], crc_short[4][256];
+
+/* Fill t with the shift-by-n-zero-bytes map: t[k][b] = shift(b << 8k, n). */
+static void crc_shift_init(uint32_t t[4][256], size_t n)
+{
+	uint32_t basis[32];
+
+	for (int i = 0; i < 32; i++) {
+		uint32_t reg = 1u << i;
+
+		for (size_t k = 0; k < n; k++)
+			reg = crc_table[0][reg & 0xff] ^ (reg >> 8);
+		basis[i] = reg;
+	}
+	for (int k = 0; k < 4; k++)
+		for (uint32_t b = 0; b < 256; b++) {
+			uint32_t v = 0;
+
+			for (int i = 0; i < 8; i++)
+				if (b & (1u << i))
+					v ^= basis[8 * k + i];
+			t[k][b] = v;
+		}
+}
+
+static inline uint32_t crc_shift(const uint32_t t[4][256], uint32_t c)
+{
+	return t[0][c & 0xff] ^ t[1][(c >> 8) & 0xff] ^ t[2][(c >> 16) & 0xff] ^ t[3][c >> 24];
+}
+
+/* Three lanes of `lane` bytes each at p, CRC continued from c; with COPY, also stored at d. */
+__attribute__((target("sse4.2"), always_inline)) static inline uint64_t
+crc_lanes(uint64_t c, uint8_t *d, const uint8_t *p, size_t lane, const uint32_t t[4][256],
+	  int copy)
+{
+	uint64_t c1 = 0, c2 = 0;
+
+	for (size_t i = 0; i < lane; i += 8) {
+		uint64_t v0, v1, v2;
+
+		memcpy(&v0, p + i, 8);
+		memcpy(&v1, p + lane + i, 8);
+		memcpy(&v2, p + 2 * lane + i, 8);
+		c = __builtin_ia32_crc32di(c, v0);
+		c1 = __builtin_ia32_crc32di(c1, v1);
+		c2 = __builtin_ia32_crc32di(c2, v2);
+		if (copy) {
+			memcpy(d + i, &v0, 8);
+			memcpy(d + lane + i, &v1, 8);
+			memcpy(d + 2 * lane + i, &v2, 8);
+		}
+	}
+	c = crc_shift(t, (uint32_t)c) ^ c1;
+	return crc_shift(t, (uint32_t)c) ^ c2;
+}
+
+/* As many whole blocks of three `lane`-byte lanes as *len holds, advancing *p, *d and *len. */
+__attribute__((target("sse4.2"), always_inline)) static inline uint64_t
+crc_blocks(uint64_t c, uint8_t **d, const uint8_t **p, size_t *len, size_t lane,
+	   const uint32_t t[4][256], int copy)
+{
+	while (*len >= 3 * lane) {
+		c = crc_lanes(c, *d, *p, lane, t, copy);
+		*p += 3 * lane;
+		if (copy)
+			*d += 3 * lane;
+		*len -= 3 * lane;
+	}
+	return c;
+}
+
+/* The raw CRC register over len bytes at p; with COPY, the bytes are also stored at d. The one
+ * body serves both, so that a copying CRC and a plain one can never disagree. */
+__attribute__((target("sse4.2"), always_inline)) static inline uint32_t
+crc_hw(uint32_t crc, uint8_t *d, const uint8_t *p, size_t len, int copy)
 {
 	uint64_t c;
 
 	while (len && ((uintptr_t)p & 7)) {
+		if (copy)
+			*d++ = *p;
 		crc = __builtin_ia32_crc32qi(crc, *p++);
 		len--;
 	}
 	c = crc;
+	c = crc_blocks(c, &d, &p, &len, CRC_LONG, crc_long, copy);
+	c = crc_blocks(c, &d, &p, &len, CRC_SHORT, crc_short, copy);
 	while (len >= 8) {
 		uint64_t v;
 
 		memcpy(&v, p, 8);
 		c = __builtin_ia32_crc32di(c, v);
+		if (copy) {
+			memcpy(d, &v, 8);
+			d += 8;
+		}
 		p += 8;
 		len -= 8;
 	}
 	crc = (uint32_t)c;
-	while (len--)
+	while (len--) {
+		if (copy)
+			*d++ = *p;
 		crc = __builtin_ia32_crc32qi(crc, *p++);
+	}
 	return crc;
+}
+
+__attribute__((target("sse4.2"))) static uint32_t crc32c_sse42(uint32_t crc, const uint8_t *p,
+							       size_t len)
+{
+	return crc_hw(crc, NULL, p, len, 0);
+}
+
+__attribute__((target("sse4.2"))) static uint32_t crc32c_copy_sse42(uint32_t crc, uint8_t *d,
+								    const uint8_t *p, size_t len)
+{
+	return crc_hw(crc, d, p, len, 1);
 }
 #else
 #define CRC32C_HW 0
 #endif
+
+static uint32_t crc32c_copy_sw(uint32_t crc, uint8_t *d, const uint8_t *p, size_t len)
+{
+	memcpy(d, p, len);
+	return crc32c_slice8(crc, p, len);
+}
+
+static uint32_t (*crc_copy_impl)(uint32_t crc, uint8_t *d, const uint8_t *p, size_t len);
 
 static void crc_init(void)
 {
@@ -749,9 +864,14 @@ static void crc_init(void)
 			crc_table[k][b] =
 			    (crc_table[k - 1][b] >> 8) ^ crc_table[0][crc_table[k - 1][b] & 0xff];
 	crc_impl = crc32c_slice8;
+	crc_copy_impl = crc32c_copy_sw;
 #if CRC32C_HW
-	if (__builtin_cpu_supports("sse4.2"))
+	if (__builtin_cpu_supports("sse4.2")) {
+		crc_shift_init(crc_long, CRC_LONG);
+		crc_shift_init(crc_short, CRC_SHORT);
 		crc_impl = crc32c_sse42;
+		crc_copy_impl = crc32c_copy_sse42;
+	}
 #endif
 }
 
@@ -759,6 +879,12 @@ uint32_t chunkd__crc32c(uint32_t crc, const void *buf, size_t len)
 {
 	pthread_once(&crc_once, crc_init);
 	return ~crc_impl(~crc, buf, len);
+}
+
+uint32_t chunkd__crc32c_copy(uint32_t crc, void *dst, const void *src, size_t len)
+{
+	pthread_once(&crc_once, crc_init);
+	return ~crc_copy_impl(~crc, dst, src, len);
 }
 
 uint32_t chunkd__crc32c_sw(uint32_t crc, const void *buf, size_t len)

@@ -10,6 +10,11 @@
  * - bytes go to chunkd__xfer_deliver(); when it has no buffer the write callback returns
  *   CURL_WRITEFUNC_PAUSE and the engine resumes the transfer when a buffer comes back.
  *
+ * Receive buffer: HTTP_BUFFER_SIZE (CURLOPT_BUFFERSIZE) instead of curl's 16 KiB, so that one
+ * poll and one recv move up to a write buffer's worth; on a local origin those two system calls
+ * per 16 KiB were most of the loop thread's (bench/README.md, "Analysis ... 5. Download"). The
+ * write callback still gets at most CURL_MAX_WRITE_SIZE (16 KiB) per call: curl chops bodies.
+ *
  * Policy: HTTP/1.1, no redirects (a 3xx is a failure), connect timeout. Stalls are detected by
  * the engine (no byte for --stall-timeout; curl's low-speed check averages over seconds and
  * reacts late). Only 2xx bodies are written; a body shorter than Content-Length is a failure.
@@ -23,6 +28,9 @@
 
 #include "engine_internal.h"
 #include "log.h"
+
+/* curl's receive buffer per transfer (curl allocates it once per easy handle). */
+#define HTTP_BUFFER_SIZE WBUF_SIZE
 
 struct csock {
 	struct op op;
@@ -340,6 +348,7 @@ static int http_start(struct engine *e, struct xfer *x)
 		x->headers = curl_slist_append(NULL, ifr);
 		curl_easy_setopt(c, CURLOPT_HTTPHEADER, x->headers);
 	}
+	curl_easy_setopt(c, CURLOPT_BUFFERSIZE, (long)HTTP_BUFFER_SIZE);
 	curl_easy_setopt(c, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
 	curl_easy_setopt(c, CURLOPT_FOLLOWLOCATION, 0L);
 	curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);

@@ -165,30 +165,72 @@ void cr_staging_path(char *out, size_t len, const char *data_dir, const chunkd_i
 	snprintf(out, len, "%s/staging/%s%s", data_dir, hex, suffix);
 }
 
+/* CRC-32C bit by bit: independent of the daemon's table and SSE4.2 code it checks. */
+static uint32_t crc32c_bitwise(const void *buf, size_t len)
+{
+	const uint8_t *p = buf;
+	uint32_t crc = 0xffffffffu;
+	while (len--) {
+		crc ^= *p++;
+		for (int k = 0; k < 8; k++)
+			crc = (crc >> 1) ^ (0x82f63b78u & (0u - (crc & 1)));
+	}
+	return ~crc;
+}
+
+int cr_resume_parse(const char *rec, uint32_t idx, struct cr_resume *r)
+{
+	char body[CR_RESUME_REC], check[16];
+	memset(r, 0, sizeof(*r));
+	size_t blen = CR_RESUME_REC - 10; /* " %08x\n" follows the body */
+	snprintf(check, sizeof(check), " %08x\n", crc32c_bitwise(rec, blen));
+	if (memcmp(rec + blen, check, 10) != 0)
+		return -EBADMSG;
+	memcpy(body, rec, blen);
+	body[blen] = '\0';
+	for (size_t k = blen; k > 0 && body[k - 1] == ' '; k--)
+		body[k - 1] = '\0';
+	unsigned i, crc;
+	unsigned long long bytes;
+	char kind;
+	int off = 0;
+	if (sscanf(body, "%u %llu %x %c %n", &i, &bytes, &crc, &kind, &off) != 4 || !off ||
+	    i != idx)
+		return -EBADMSG;
+	if (kind == '-')
+		return 0;
+	r->found = 1;
+	r->bytes = bytes;
+	r->kind = kind;
+	snprintf(r->validator, sizeof(r->validator), "%s", body + off);
+	return 0;
+}
+
+void cr_resume_format(char *rec, uint32_t idx, uint64_t bytes, uint32_t crc, char kind,
+		      const char *validator)
+{
+	size_t blen = CR_RESUME_REC - 10;
+	char check[16];
+	int n = snprintf(rec, blen + 1, "%u %llu %08x %c %s", idx, (unsigned long long)bytes, crc,
+			 kind, validator && *validator ? validator : "-");
+	memset(rec + n, ' ', blen - (size_t)n);
+	snprintf(check, sizeof(check), " %08x\n", crc32c_bitwise(rec, blen));
+	memcpy(rec + blen, check, 10);
+}
+
 int cr_resume_read(const char *data_dir, const chunkd_id *id, uint32_t idx, struct cr_resume *r)
 {
 	char path[PATH_MAX];
+	size_t len = 0;
 	memset(r, 0, sizeof(*r));
 	cr_staging_path(path, sizeof(path), data_dir, id, ".resume");
-	char *text = th_read_file(path, NULL);
+	char *text = th_read_file(path, &len);
 	if (!text)
 		return errno == ENOENT ? 0 : -errno;
-	for (char *line = text, *next; line && *line; line = next) {
-		next = strchr(line, '\n');
-		if (next)
-			*next++ = '\0';
-		unsigned i, crc;
-		unsigned long long bytes;
-		char kind;
-		int off = 0;
-		if (sscanf(line, "%u %llu %x %c %n", &i, &bytes, &crc, &kind, &off) != 4 || !off ||
-		    i != idx)
-			continue;
-		r->found = 1;
-		r->bytes = bytes;
-		r->kind = kind;
-		snprintf(r->validator, sizeof(r->validator), "%s", line + off);
-	}
+	/* A record read while the daemon rewrites it may be torn: then it counts as missing, as
+	 * it does for the daemon. */
+	if (len >= (size_t)(idx + 1) * CR_RESUME_REC)
+		(void)cr_resume_parse(text + (size_t)idx * CR_RESUME_REC, idx, r);
 	free(text);
 	return 0;
 }

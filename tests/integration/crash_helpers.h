@@ -62,10 +62,12 @@ void cr_staging_path(char *out, size_t len, const char *data_dir, const chunkd_i
 		     const char *suffix);
 
 /*
- * What the daemon recorded for file `idx` of a download in staging/<id>.resume (format:
- * daemon/engine.c, write_resume: "<index> <bytes> <crc32c> <D|P> <validator>" per line).
- * found is 0 when the file or its line is missing.
+ * What the daemon recorded for file `idx` of a download in staging/<id>.resume (docs/on-disk.md:
+ * one CR_RESUME_REC-byte record per file, "<index> <bytes> <crc32c> <D|P|-> <validator>" padded
+ * with spaces, then " <crc32c of the bytes before it>\n"). found is 0 when the file is missing,
+ * the record says '-' (nothing recorded) or fails its check (torn).
  */
+#define CR_RESUME_REC 256
 struct cr_resume {
 	int found;
 	uint64_t bytes;
@@ -74,6 +76,14 @@ struct cr_resume {
 };
 
 int cr_resume_read(const char *data_dir, const chunkd_id *id, uint32_t idx, struct cr_resume *r);
+
+/* Format file idx's record into rec (CR_RESUME_REC bytes, no NUL), as the daemon writes it. */
+void cr_resume_format(char *rec, uint32_t idx, uint64_t bytes, uint32_t crc, char kind,
+		      const char *validator);
+
+/* Parse record `rec` (CR_RESUME_REC bytes) of file idx: 0 (r->found 0 for '-'), or -EBADMSG when
+ * its check fails or it is not file idx's record. */
+int cr_resume_parse(const char *rec, uint32_t idx, struct cr_resume *r);
 
 /* Wait until the resume file records at least min_bytes of file idx: 0, or -ETIMEDOUT. */
 int cr_wait_resume(const char *data_dir, const chunkd_id *id, uint32_t idx, uint64_t min_bytes,

@@ -9,7 +9,10 @@
  * (b) file:// downloads of chunks whose files span several 256 KiB write buffers;
  * (c) files of awkward sizes (empty, one byte, around a write buffer) over http and file://;
  * (d) file names the contract allows but a daemon could trip over (the metadata's temporary
- *     name, leading dots, spaces, the longest name).
+ *     name, leading dots, spaces, the longest name);
+ * (e) fewer write buffers than transfers (--buffers 2 --transfers 8): transfers that pause for
+ *     a buffer must not keep their partly filled ones, or every buffer ends up held by a paused
+ *     transfer and nothing moves until the stall timeout fails them.
  * nginx is started by tests/servers/nginx.sh. The web root comes from gen-chunks.py --flat; the
  * oracle is its manifest and the web root's bytes, and CRCs are computed by the harness's own
  * CRC-32C. Skipped (77) without nginx.
@@ -411,6 +414,29 @@ static void test_odd_names(void **state)
 	check_published(&ch, 1, www);
 }
 
+/* ---- (e) fewer write buffers than transfers ----------------------------------------------- */
+
+static void test_fewer_buffers_than_transfers(void **state)
+{
+	enum { NB = 2, NF = 4 };
+	static const char *const args[] = {"--buffers", "2", "--transfers", "8", NULL};
+	static const char *const names[NF] = {"a.bin", "b.bin", "c.bin", "d.bin"};
+	static const uint64_t sizes[NF] = {3 * WBUF + 1, 2 * WBUF - 7, 3 * WBUF + 4097, WBUF + 1};
+	struct th_chunk ch[NB];
+	struct th_file files[NB][NF];
+	char prefix[PATH_MAX + 16];
+	(void)state;
+	int st = th_daemon_stop(&env.d, 10000);
+	assert_true(th_exited_with(st, 0));
+	th_assert_ok(th_env_start(&env, args, READY_MS, NULL));
+	for (uint32_t i = 0; i < NB; i++)
+		make_chunk(&ch[i], files[i], www, 0xb0f0 + i, 1000 + 100 * i, names, sizes, NF);
+	dl_http_prefix(prefix, sizeof(prefix), &web, "");
+	download_all(ch, NB, prefix);
+	check_no_leftovers();
+	check_published(ch, NB, www); /* and nothing was retried */
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -418,6 +444,7 @@ int main(void)
 	    cmocka_unit_test(test_file_urls),
 	    cmocka_unit_test(test_odd_sizes),
 	    cmocka_unit_test(test_odd_names),
+	    cmocka_unit_test(test_fewer_buffers_than_transfers),
 	};
 	return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

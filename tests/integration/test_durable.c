@@ -13,6 +13,8 @@
  *    If-Range with the origin's ETag (the fault server's log says so); the client's wait returns
  *    0 and the published file is byte-identical to the origin. When the origin file changes
  *    between the kill and the restart, the origin answers 200 and the result is the new file.
+ *    A resume record torn by the crash (its check fails) is ignored: that file starts over
+ *    from byte 0 without a Range, and the chunk is published intact.
  * c) SIGTERM during a download: the daemon exits 0 within 5 s, keeps staging/<id> and
  *    staging/<id>.resume, and the next daemon resumes with a Range request and completes.
  * d) A torn journal tail (garbage appended while the daemon is stopped) is truncated at start
@@ -66,7 +68,7 @@
 static const char *const small_gen[] = {"--flat", "--datasets", "1",  "--chunks",
 					"8",      "--files",    "2",  "--size",
 					"65536",  "--seed",     "21", NULL};
-static const char *const big_gen[] = {"--flat",  "--datasets", "1",      "--chunks",    "3",
+static const char *const big_gen[] = {"--flat",  "--datasets", "1",      "--chunks",    "4",
 				      "--files", "1",          "--size", STR(BIG_SIZE), "--no-crc",
 				      "--seed",  "22",         NULL};
 static const char *const daemon_args[] = {"--checkpoint", "1", "--backoff", "50", NULL};
@@ -633,6 +635,56 @@ static void test_resume_if_range_mismatch_starts_over_with_new_file(void **state
 	check_fsck();
 }
 
+/* The resume file is rewritten in place, so a crash (or a power loss) can leave a record half
+ * written. Its check must catch that: the file starts over rather than resuming at a wrong
+ * offset or with a wrong CRC32C. */
+static void test_resume_torn_record_starts_file_over(void **state)
+{
+	const struct th_chunk *ch = &D.big.chunks[3];
+	struct cr_resume rs, torn;
+	struct cr_req q[8];
+	size_t n, len = 0;
+	char path[PATH_MAX], suffix[PATH_MAX], want[512];
+	(void)state;
+	uint64_t t = download_and_kill_halfway(ch, &rs);
+
+	/* Lower the first digit of file 0's byte count ("0 <bytes> ..."), keeping the old check:
+	 * without the check the record would look valid (the file on disk is longer). */
+	cr_staging_path(path, sizeof(path), D.env.data_dir, &ch->id, ".resume");
+	char *text = th_read_file(path, &len);
+	assert_non_null(text);
+	assert_true(len >= CR_RESUME_REC);
+	assert_int_equal(text[0], '0');
+	assert_int_equal(text[1], ' ');
+	assert_true(text[2] >= '1' && text[2] <= '9');
+	text[2] = (char)(text[2] - 1);
+	assert_int_equal(cr_resume_parse(text, 0, &torn), -EBADMSG);
+	th_assert_ok(th_write_file(path, text, len));
+	free(text);
+
+	restart(NULL);
+	int r = chunkd_wait(D.c, t, WAIT_MS);
+	if (r != 0) {
+		th_daemon_dump_log(&D.env.d);
+		fail_msg("the download ended %d (%s)", r, chunkd_strerror(r));
+	}
+	big_suffix(suffix, sizeof(suffix), ch);
+	th_assert_ok(cr_wait_requests(D.fault.log, suffix, 2, 10000, q, 8, &n));
+	if (n != 2)
+		fail_msg("%zu requests for %s, expected 2 (the first and the start over)", n, suffix);
+	assert_string_equal(q[1].range, ""); /* from byte 0: the torn record was not trusted */
+	assert_int_equal(q[1].status, 200);
+	assert_int_equal(q[1].bytes, BIG_SIZE);
+	snprintf(want, sizeof(want), "resuming %s at byte", ch->files[0].name);
+	if (cr_count_lines(cur_log(), want) != 0) {
+		th_daemon_dump_log(&D.env.d);
+		fail_msg("the daemon resumed a file from a torn record");
+	}
+	check_published(ch, &D.big_bytes);
+	check_no_leftovers();
+	check_fsck(); /* the metadata's CRC32C is computed from byte 0 again */
+}
+
 /* ---- c) SIGTERM suspends a download; the next daemon resumes it ----------------------------- */
 
 static void test_sigterm_suspends_download_and_restart_resumes(void **state)
@@ -841,10 +893,11 @@ static void test_crash_after_meta_write_resumes_and_publishes(void **state)
 	struct th_file f = {.size = oc->len[0], .crc32c = crc, .has_crc = 1};
 	snprintf(f.name, sizeof(f.name), "%s", ch->files[0].name);
 	th_assert_ok(th_write_meta(sdir, &ch->dataset, &ch->id, ch->first, ch->end, 1, &f));
-	char line[256];
-	int len = snprintf(line, sizeof(line), "0 %zu %08x D E%s\n", oc->len[0], crc, etag);
+	char rec[CR_RESUME_REC], v[200];
+	snprintf(v, sizeof(v), "E%s", etag);
+	cr_resume_format(rec, 0, oc->len[0], crc, 'D', v);
 	cr_staging_path(p, sizeof(p), D.env.data_dir, &ch->id, ".resume");
-	th_assert_ok(th_write_file(p, line, (size_t)len));
+	th_assert_ok(th_write_file(p, rec, sizeof(rec)));
 
 	restart(NULL);
 	r = chunkd_wait(D.c, t, WAIT_MS);
@@ -1021,6 +1074,8 @@ int main(void)
 					    setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_resume_if_range_mismatch_starts_over_with_new_file,
 					    setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_resume_torn_record_starts_file_over, setup,
+					    teardown),
 	    cmocka_unit_test_setup_teardown(test_sigterm_suspends_download_and_restart_resumes,
 					    setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_journal_torn_tail_is_truncated_and_state_intact,

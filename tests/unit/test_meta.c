@@ -774,6 +774,80 @@ static void test_crc32c_incremental(void **state)
 	assert_int_equal(chunkd__crc32c(0, buf + 3, 4096), chunkd__crc32c_sw(0, buf + 3, 4096));
 }
 
+/*
+ * The three-stream path (blocks of 3 x 4096 and 3 x 256 bytes) at lengths around every block
+ * size and at every alignment, against the software CRC; and chunkd__crc32c_copy() returns the
+ * same CRC and copies exactly the bytes, touching nothing around them.
+ */
+static void test_crc32c_streams_and_copy(void **state)
+{
+	enum { MAX = 3 * 4096 * 3 + 3 * 256 * 2 + 100 };
+	static uint8_t src[MAX + 8], dst[MAX + 16];
+	static const size_t lens[] = {0,	 1,	7,     8,     767,   768,   769,	  775,
+				      776,	 1535,	1536,  1537,  12287, 12288, 12289,	  12288 + 768,
+				      12288 + 775, 13055, 24576, 24577, 36864, 36864 + 1536, MAX};
+	unsigned seed = 7;
+
+	(void)state;
+	for (size_t i = 0; i < sizeof src; i++) {
+		seed = seed * 1103515245u + 12345u;
+		src[i] = (uint8_t)(seed >> 16);
+	}
+	for (size_t li = 0; li < sizeof lens / sizeof lens[0]; li++)
+		for (size_t off = 0; off < 8; off++) {
+			size_t len = lens[li], doff = (off * 3) % 8 + 1;
+			uint32_t want = chunkd__crc32c_sw(0x12345678u, src + off, len);
+
+			assert_int_equal(chunkd__crc32c(0x12345678u, src + off, len), want);
+			memset(dst, 0xa5, sizeof dst);
+			assert_int_equal(chunkd__crc32c_copy(0x12345678u, dst + doff, src + off, len),
+					 want);
+			assert_memory_equal(dst + doff, src + off, len);
+			assert_int_equal(dst[doff - 1], 0xa5);
+			assert_int_equal(dst[doff + len], 0xa5);
+		}
+}
+
+/* A file's CRC built piece by piece, as chunkd__xfer_deliver() does with curl's pieces (16 KiB
+ * and odd sizes) cut again at write buffer boundaries, equals the CRC of the whole. */
+static void test_crc32c_copy_pieces(void **state)
+{
+	enum { TOTAL = 700 * 1024, WBUF = 256 * 1024 };
+	uint8_t *src = malloc(TOTAL), *dst = malloc(TOTAL);
+	static const size_t pieces[] = {16384, 1, 13, 16384, 4095, 8, 12289, 769, 65536, 3000};
+	unsigned seed = 3;
+
+	(void)state;
+	assert_non_null(src);
+	assert_non_null(dst);
+	for (size_t i = 0; i < TOTAL; i++) {
+		seed = seed * 1103515245u + 12345u;
+		src[i] = (uint8_t)(seed >> 16);
+	}
+	uint32_t crc = 0;
+	size_t at = 0;
+	for (size_t pi = 0; at < TOTAL; pi++) {
+		size_t n = pieces[pi % (sizeof pieces / sizeof pieces[0])];
+
+		if (n > TOTAL - at)
+			n = TOTAL - at;
+		while (n) {
+			size_t k = WBUF - at % WBUF; /* room left in the current buffer */
+
+			if (k > n)
+				k = n;
+			crc = chunkd__crc32c_copy(crc, dst + at, src + at, k);
+			at += k;
+			n -= k;
+		}
+	}
+	assert_int_equal(crc, chunkd__crc32c_sw(0, src, TOTAL));
+	assert_int_equal(crc, chunkd__crc32c(0, src, TOTAL));
+	assert_memory_equal(dst, src, TOTAL);
+	free(src);
+	free(dst);
+}
+
 /* ---- files in a directory --------------------------------------------------------------- */
 
 struct tmpdir {
@@ -1024,6 +1098,8 @@ int main(void)
 	    cmocka_unit_test(test_hex),
 	    cmocka_unit_test(test_crc32c_vectors),
 	    cmocka_unit_test(test_crc32c_incremental),
+	    cmocka_unit_test(test_crc32c_streams_and_copy),
+	    cmocka_unit_test(test_crc32c_copy_pieces),
 	    cmocka_unit_test_setup_teardown(test_read_missing, tmpdir_setup, tmpdir_teardown),
 	    cmocka_unit_test_setup_teardown(test_write_read, tmpdir_setup, tmpdir_teardown),
 	    cmocka_unit_test_setup_teardown(test_write_keeps_file_named_like_tmp, tmpdir_setup,
