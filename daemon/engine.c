@@ -1504,7 +1504,8 @@ static void job_submit_op(struct engine *e, struct job *j, struct io_uring_sqe *
 
 static void job_published(struct engine *e, struct job *j)
 {
-	j->desc.last_error = 0;
+	j->desc.last_error = 0; /* a published chunk has no failure to report */
+	j->desc.http_status = 0;
 	j->desc.message[0] = '\0';
 	j->desc.bytes_done = j->desc.bytes_total;
 	slot_sync(e, j);

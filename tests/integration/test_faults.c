@@ -265,9 +265,10 @@ static void run_case(const struct fcase *fc, const struct th_chunk *ch)
 	fh_chunk_path(path, sizeof(path), F.env.data_dir, ch);
 
 	if (fc->err == 0) {
-		/* Recovered: published, byte-identical, after the expected attempts. */
-		if (st.state != CHUNKD_CHUNK_PRESENT || st.last_error ||
-		    st.attempts != fc->requests)
+		/* Recovered: published, byte-identical, after the expected attempts, with no
+		 * failure left in its status (error, HTTP status, message). */
+		if (st.state != CHUNKD_CHUNK_PRESENT || st.last_error || st.http_status ||
+		    st.message[0] || st.attempts != fc->requests)
 			fail_msg("%s: %s; want PRESENT after %u attempts", fc->name, sts,
 				 fc->requests);
 		chunkd_ref ref;
