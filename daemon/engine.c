@@ -2433,6 +2433,16 @@ static uint32_t rp_hash(const uint64_t id[4])
 	return (uint32_t)(((id[0] ^ id[1] ^ id[2] ^ id[3]) * 0x9E3779B97F4A7C15ull) >> 32);
 }
 
+/* The table position of id: its entry, or the empty position where it would go. The table is
+ * at most half full, so the probe ends. */
+static uint32_t rp_probe(const struct engine *e, const uint64_t id[4])
+{
+	uint32_t h = rp_hash(id) & e->rpi_mask;
+	while (e->rpi_slots[h] && chunkd__id_cmp(e->rp[e->rpi_slots[h] - 1].id, id))
+		h = (h + 1) & e->rpi_mask;
+	return h;
+}
+
 static struct replayed *rp_get(struct engine *e, const uint64_t id[4])
 {
 	if (!e->rpi_slots || 2 * (e->nrp + 1) > e->rpi_mask + 1) {
@@ -2450,10 +2460,9 @@ static struct replayed *rp_get(struct engine *e, const uint64_t id[4])
 		e->rpi_slots = ns;
 		e->rpi_mask = cap - 1;
 	}
-	uint32_t h = rp_hash(id) & e->rpi_mask;
-	for (; e->rpi_slots[h]; h = (h + 1) & e->rpi_mask)
-		if (!chunkd__id_cmp(e->rp[e->rpi_slots[h] - 1].id, id))
-			return &e->rp[e->rpi_slots[h] - 1];
+	uint32_t h = rp_probe(e, id);
+	if (e->rpi_slots[h])
+		return &e->rp[e->rpi_slots[h] - 1];
 	if (e->nrp == e->caprp) {
 		uint32_t nc = e->caprp ? 2 * e->caprp : 1024;
 		struct replayed *p = realloc(e->rp, sizeof(*p) * nc);
@@ -2474,10 +2483,8 @@ static struct replayed *rp_find(struct engine *e, const uint64_t id[4])
 {
 	if (!e->rpi_slots)
 		return NULL;
-	for (uint32_t h = rp_hash(id) & e->rpi_mask; e->rpi_slots[h]; h = (h + 1) & e->rpi_mask)
-		if (!chunkd__id_cmp(e->rp[e->rpi_slots[h] - 1].id, id))
-			return &e->rp[e->rpi_slots[h] - 1];
-	return NULL;
+	uint32_t h = rp_probe(e, id);
+	return e->rpi_slots[h] ? &e->rp[e->rpi_slots[h] - 1] : NULL;
 }
 
 /* A replayed request's result goes to its client only if that slot still has the same owner
