@@ -427,9 +427,15 @@ int chunkd__store_scan(struct instance *in, struct catalog *cat, unsigned thread
 	/* Adopted slots without a directory: their chunk is gone (or never arrived). Downloads
 	 * still wanted come back from the request journal. */
 	for (uint32_t s = 0; s < cat->cap; s++) {
+		if (!seen[s] && cat->sp[s].state != CHUNKD_SLOT_FREE)
+			chunkd__catalog_set_state(cat, s, CHUNKD_SLOT_CONDEMNED);
+	}
+	/* One flip for all of them (release_slot would flush once per published slot: a full
+	 * index rewrite each, quadratic in the catalogue), then free the slots. */
+	chunkd__catalog_settle(cat);
+	for (uint32_t s = 0; s < cat->cap; s++) {
 		if (seen[s] || cat->sp[s].state == CHUNKD_SLOT_FREE)
 			continue;
-		chunkd__catalog_set_state(cat, s, CHUNKD_SLOT_CONDEMNED);
 		chunkd__catalog_release_slot(cat, s);
 		st->dropped++;
 	}

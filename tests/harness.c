@@ -892,6 +892,18 @@ int th_need_wake(const char *name)
 	return r;
 }
 
+int64_t th_index_flips(const char *name)
+{
+	struct chunkd_cat_map m;
+	int r = chunkd__cat_attach(name, 0, &m, NULL, 0);
+	if (r < 0)
+		return r;
+	/* Pairs with the daemon's seq_cst increment after a publication. */
+	int64_t f = (int64_t)(chunkd__load_seq_cst(&m.hdr->index_flips) & INT64_MAX);
+	chunkd__cat_detach(&m);
+	return f;
+}
+
 /* ---- the daemon ----------------------------------------------------------------------------- */
 
 int th_daemon_start(struct th_daemon *d, const char *name, const char *data_dir,

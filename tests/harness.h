@@ -233,6 +233,10 @@ int th_ring_doorbell(const char *name);
  * rings the doorbell), or a negative errno from attaching. Read-only, like th_client_slot. */
 int th_need_wake(const char *name);
 
+/* The catalogue header's index_flips (index publications so far), or a negative errno from
+ * attaching. Read-only. */
+int64_t th_index_flips(const char *name);
+
 /* ---- the daemon ----------------------------------------------------------------------------- */
 
 struct th_daemon {
