@@ -12,7 +12,7 @@
 
 #include "chunkd.h"
 
-#define CHUNKD_SHM_VERSION 6u
+#define CHUNKD_SHM_VERSION 7u
 #define CHUNKD_CAT_MAGIC 0x31544143444b4e43ull /* "CNKDCAT1" little-endian */
 #define CHUNKD_REQ_MAGIC 0x31514552444b4e43ull /* "CNKDREQ1" little-endian */
 
@@ -146,11 +146,16 @@ struct chunkd_idx_view {
 	struct chunkd_idx_id *ids;
 };
 
-/* Dataset hash: a multiplicative hash of the first id word mixed with the copy's seed. */
+/* Dataset hash: all four id words mixed into the copy's seed (multiply and xor-shift per word),
+ * so that ids sharing some words do not collide. */
 static inline uint32_t chunkd__idx_hash(const uint64_t id[4], uint64_t seed)
 {
-	uint64_t x = (id[0] ^ seed) * 0x9E3779B97F4A7C15ull;
-	return (uint32_t)(x >> 32) ^ (uint32_t)id[1];
+	uint64_t x = seed;
+	for (int i = 0; i < 4; i++) {
+		x = (x ^ id[i]) * 0x9E3779B97F4A7C15ull;
+		x ^= x >> 29;
+	}
+	return (uint32_t)(x >> 32);
 }
 
 /* ---- /chunkd.NAME.req ------------------------------------------------------------------- */

@@ -29,8 +29,8 @@ static void rand_id(uint64_t *seed, uint64_t id[4])
 }
 
 /* n chunks over nds datasets, consecutive ranges with random gaps, slots 0..n-1. With
- * `collide`, every dataset id shares its first two words: they all hash alike, whatever the
- * seed, and only the full comparison tells them apart. */
+ * `collide`, every dataset id shares its first two words: a hash or a comparison that looks at
+ * those words only would confuse them, and only the full comparison tells them apart. */
 static void make_model_ex(struct model *m, uint32_t n, uint32_t nds, uint64_t seed, int collide)
 {
 	static uint64_t ds[CAP][4], next[CAP];
@@ -246,7 +246,7 @@ static void test_hostile_counts(void **state)
 	fixture_cat_free(&cat);
 }
 
-/* Datasets that collide in the hash (same first two words) and many datasets of one chunk each
+/* Datasets that share their first two words and many datasets of one chunk each
  * (the table grows with them), under several seeds. */
 static void test_hash_collisions_and_growth(void **state)
 {
