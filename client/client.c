@@ -187,5 +187,10 @@ int chunkd_version(void)
 
 int chunkd_check_version(int major, int minor)
 {
-	return major == CHUNKD_VERSION_MAJOR && minor <= CHUNKD_VERSION_MINOR ? 0 : -EPROTO;
+	if (major != CHUNKD_VERSION_MAJOR)
+		return -EPROTO;
+	/* Before 1.0 a minor release may change the ABI (chunkd.h). */
+	if (CHUNKD_VERSION_MAJOR == 0)
+		return minor == CHUNKD_VERSION_MINOR ? 0 : -EPROTO;
+	return minor <= CHUNKD_VERSION_MINOR ? 0 : -EPROTO;
 }

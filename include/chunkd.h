@@ -28,7 +28,7 @@ extern "C" {
 #endif
 
 #define CHUNKD_VERSION_MAJOR 0
-#define CHUNKD_VERSION_MINOR 1
+#define CHUNKD_VERSION_MINOR 2
 #define CHUNKD_VERSION_PATCH 0
 #define CHUNKD_VERSION_NUMBER                                                                      \
 	(CHUNKD_VERSION_MAJOR * 10000 + CHUNKD_VERSION_MINOR * 100 + CHUNKD_VERSION_PATCH)
@@ -239,7 +239,9 @@ CHUNKD_API const char *chunkd_last_error(void);
 /*
  * chunkd_version — the library's CHUNKD_VERSION_NUMBER, to compare with the header's.
  * chunkd_check_version — 0 if the library is ABI-compatible with a program built against
- * major.minor (same major, library minor >= minor), else -EPROTO.
+ * major.minor, else -EPROTO: the same major and, from 1.0 on, a library minor >= minor. Before
+ * 1.0 every minor may change the ABI (0.2 added a field to chunkd_ref), so the minors must be
+ * equal.
  */
 CHUNKD_API int chunkd_version(void);
 CHUNKD_API int chunkd_check_version(int major, int minor);

@@ -263,6 +263,21 @@ static void accepted_then_deleted(const chunkd_chunk *c, const char *what)
 		fail_msg("%s: status %s after its delete", what, dl_state_name(st.state));
 }
 
+/* The library's version against the header's: before 1.0 only the same minor is compatible
+ * (0.2 changed the size of chunkd_ref). */
+static void test_version(void **state)
+{
+	(void)state;
+	assert_int_equal(chunkd_version(), CHUNKD_VERSION_NUMBER);
+	assert_int_equal(chunkd_check_version(CHUNKD_VERSION_MAJOR, CHUNKD_VERSION_MINOR), 0);
+	assert_int_equal(chunkd_check_version(CHUNKD_VERSION_MAJOR + 1, 0), -EPROTO);
+	assert_int_equal(chunkd_check_version(CHUNKD_VERSION_MAJOR, CHUNKD_VERSION_MINOR + 1),
+			 -EPROTO);
+	if (CHUNKD_VERSION_MAJOR == 0 && CHUNKD_VERSION_MINOR > 0)
+		assert_int_equal(
+		    chunkd_check_version(CHUNKD_VERSION_MAJOR, CHUNKD_VERSION_MINOR - 1), -EPROTO);
+}
+
 static void test_einval(void **state)
 {
 	static chunkd_file files[CHUNKD_MAX_FILES + 1];
@@ -824,6 +839,7 @@ static void test_eagain(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test(test_version),
 	    cmocka_unit_test(test_einval),
 	    cmocka_unit_test(test_published_again),
 	    cmocka_unit_test(test_eexist_published),
