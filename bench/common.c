@@ -374,3 +374,18 @@ int bench_daemon_stop(struct bench_daemon *d, uint64_t wait_ms)
 		bench_show_log("the daemon's log", d->log, 30);
 	return r;
 }
+
+int bench_parse_num(const char *opt, const char *s, uint64_t min, uint64_t max, uint64_t *out)
+{
+	char *end;
+	errno = 0;
+	unsigned long long v = strtoull(s, &end, 10);
+	if (errno || end == s || *end || s[0] == '-' || v < min || v > max) {
+		fprintf(stderr, "%s: %s: '%s' is not a number in [%llu, %llu]\n",
+			program_invocation_short_name, opt, s, (unsigned long long)min,
+			(unsigned long long)max);
+		return -1;
+	}
+	*out = v;
+	return 0;
+}

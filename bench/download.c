@@ -427,6 +427,22 @@ static void out_dir(const struct bench *b, char *out, size_t len)
 	snprintf(out, len, "%s/out", b->work);
 }
 
+/* Run a tool, then sync(1), timing both, and compare its output tree with the origin. */
+static void time_tool(struct bench *b, char *const argv[], const char *log, const char *out,
+		      const char *what, struct sample *s)
+{
+	double cpu = 0;
+	uint64_t t0 = bench_now_ns();
+	run_or_die(argv, log, &cpu, &s->rss_kib);
+	uint64_t t1 = bench_now_ns();
+	double sync_cpu = sync_all(b);
+	uint64_t t2 = bench_now_ns();
+	s->wall_s = (double)(t2 - t0) / 1e9;
+	s->sync_s = (double)(t2 - t1) / 1e9;
+	s->cpu_s = cpu + sync_cpu;
+	verify_tree(b, out, what);
+}
+
 static void run_curl(struct bench *b, struct sample *s)
 {
 	char out[PATH_MAX], cfg[PATH_MAX + 16], log[PATH_MAX + 16], par[16];
@@ -450,16 +466,7 @@ static void run_curl(struct bench *b, struct sample *s)
 		die("%s: %s", cfg, strerror(errno));
 	char *argv[] = {"curl", "--parallel", "--parallel-max", par, "--create-dirs", "--fail",
 			"--silent", "--show-error", "--config", cfg, NULL};
-	double cpu = 0;
-	uint64_t t0 = bench_now_ns();
-	run_or_die(argv, log, &cpu, &s->rss_kib);
-	uint64_t t1 = bench_now_ns();
-	double sync_cpu = sync_all(b);
-	uint64_t t2 = bench_now_ns();
-	s->wall_s = (double)(t2 - t0) / 1e9;
-	s->sync_s = (double)(t2 - t1) / 1e9;
-	s->cpu_s = cpu + sync_cpu;
-	verify_tree(b, out, "curl");
+	time_tool(b, argv, log, out, "curl", s);
 }
 
 static void run_aria2(struct bench *b, struct sample *s)
@@ -486,16 +493,7 @@ static void run_aria2(struct bench *b, struct sample *s)
 	char *argv[] = {"aria2c", "-j", par, "--input-file", in, "--file-allocation=none",
 			"--allow-overwrite=true", "--auto-file-renaming=false", "--quiet=true",
 			NULL};
-	double cpu = 0;
-	uint64_t t0 = bench_now_ns();
-	run_or_die(argv, log, &cpu, &s->rss_kib);
-	uint64_t t1 = bench_now_ns();
-	double sync_cpu = sync_all(b);
-	uint64_t t2 = bench_now_ns();
-	s->wall_s = (double)(t2 - t0) / 1e9;
-	s->sync_s = (double)(t2 - t1) / 1e9;
-	s->cpu_s = cpu + sync_cpu;
-	verify_tree(b, out, "aria2c");
+	time_tool(b, argv, log, out, "aria2c", s);
 }
 
 static void run_cp(struct bench *b, struct sample *s)
@@ -504,16 +502,7 @@ static void run_cp(struct bench *b, struct sample *s)
 	out_dir(b, out, sizeof(out));
 	/* out does not exist: cp -r makes it a copy of the root, <out>/<dataset>/<id>/<file>. */
 	char *argv[] = {"cp", "-r", (char *)b->root, out, NULL};
-	double cpu = 0;
-	uint64_t t0 = bench_now_ns();
-	run_or_die(argv, NULL, &cpu, &s->rss_kib);
-	uint64_t t1 = bench_now_ns();
-	double sync_cpu = sync_all(b);
-	uint64_t t2 = bench_now_ns();
-	s->wall_s = (double)(t2 - t0) / 1e9;
-	s->sync_s = (double)(t2 - t1) / 1e9;
-	s->cpu_s = cpu + sync_cpu;
-	verify_tree(b, out, "cp");
+	time_tool(b, argv, NULL, out, "cp", s);
 }
 
 static void run_chunkd(struct bench *b, struct sample *s)
@@ -626,20 +615,6 @@ static void run_chunkd(struct bench *b, struct sample *s)
 
 /* ---- main ------------------------------------------------------------------------------------ */
 
-static int parse_num(const char *opt, const char *s, uint64_t min, uint64_t max, uint64_t *out)
-{
-	char *end;
-	errno = 0;
-	unsigned long long v = strtoull(s, &end, 10);
-	if (errno || end == s || *end || s[0] == '-' || v < min || v > max) {
-		fprintf(stderr, "bench-download: %s: '%s' is not a number in [%llu, %llu]\n", opt,
-			s, (unsigned long long)min, (unsigned long long)max);
-		return -1;
-	}
-	*out = v;
-	return 0;
-}
-
 static int parse_only(const char *s, int want[M_COUNT])
 {
 	char buf[128];
@@ -690,11 +665,11 @@ int main(int argc, char **argv)
 			work_parent = optarg;
 			break;
 		case 'r':
-			if (parse_num("--reps", optarg, 1, 1000, &reps))
+			if (bench_parse_num("--reps", optarg, 1, 1000, &reps))
 				return 2;
 			break;
 		case 'P':
-			if (parse_num("--parallel", optarg, 1, 1024, &parallel))
+			if (bench_parse_num("--parallel", optarg, 1, 1024, &parallel))
 				return 2;
 			break;
 		case 'c':

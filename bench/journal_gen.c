@@ -26,6 +26,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "common.h"
 #include "journal.h"
 #include "meta.h"
 
@@ -142,20 +143,6 @@ static void load_dl(int chunks_fd, const struct pub *p, struct chunkd_meta *m,
 	}
 }
 
-static int parse_num(const char *opt, const char *s, uint64_t min, uint64_t max, uint64_t *out)
-{
-	char *end;
-	errno = 0;
-	unsigned long long v = strtoull(s, &end, 10);
-	if (errno || end == s || *end || s[0] == '-' || v < min || v > max) {
-		fprintf(stderr, "bench-journal-gen: %s: '%s' is not a number in [%llu, %llu]\n",
-			opt, s, (unsigned long long)min, (unsigned long long)max);
-		return -1;
-	}
-	*out = v;
-	return 0;
-}
-
 int main(int argc, char **argv)
 {
 	static const struct option opts[] = {
@@ -175,11 +162,11 @@ int main(int argc, char **argv)
 			out = optarg;
 			break;
 		case 'n':
-			if (parse_num("--records", optarg, 1, 1000000000, &records))
+			if (bench_parse_num("--records", optarg, 1, 1000000000, &records))
 				return 2;
 			break;
 		case 's':
-			if (parse_num("--seed", optarg, 0, UINT64_MAX, &seed))
+			if (bench_parse_num("--seed", optarg, 0, UINT64_MAX, &seed))
 				return 2;
 			break;
 		case 'h':

@@ -375,20 +375,6 @@ static void lat_stats(double *v, size_t n, struct lat *out)
 
 /* ---- main ------------------------------------------------------------------------------------ */
 
-static int parse_num(const char *opt, const char *s, uint64_t min, uint64_t max, uint64_t *out)
-{
-	char *end;
-	errno = 0;
-	unsigned long long v = strtoull(s, &end, 10);
-	if (errno || end == s || *end || s[0] == '-' || v < min || v > max) {
-		fprintf(stderr, "bench-request: %s: '%s' is not a number in [%llu, %llu]\n", opt, s,
-			(unsigned long long)min, (unsigned long long)max);
-		return -1;
-	}
-	*out = v;
-	return 0;
-}
-
 static void fmt_lat(char *out, size_t len, const struct lat *l)
 {
 	snprintf(out, len, "p50 %.1f us, p99 %.1f us (mean %.1f, max %.1f)", l->p50 / 1e3,
@@ -423,19 +409,19 @@ int main(int argc, char **argv)
 			chunkd = optarg;
 			break;
 		case 'i':
-			if (parse_num("--iters", optarg, 1, 100000000, &iters))
+			if (bench_parse_num("--iters", optarg, 1, 100000000, &iters))
 				return 2;
 			break;
 		case 'b':
-			if (parse_num("--batch", optarg, 1, CHUNKD_TICKETS_PER_CLIENT, &batch))
+			if (bench_parse_num("--batch", optarg, 1, CHUNKD_TICKETS_PER_CLIENT, &batch))
 				return 2;
 			break;
 		case 'p':
-			if (parse_num("--passes", optarg, 1, 1000, &passes))
+			if (bench_parse_num("--passes", optarg, 1, 1000, &passes))
 				return 2;
 			break;
 		case 'l':
-			if (parse_num("--latency", optarg, 1, 10000000, &nlat))
+			if (bench_parse_num("--latency", optarg, 1, 10000000, &nlat))
 				return 2;
 			break;
 		case 'K':

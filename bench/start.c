@@ -305,20 +305,6 @@ static void one_run(char *const *argv, const char *name, uint64_t poll_us, uint6
 	remove_objects(name);
 }
 
-static int parse_num(const char *opt, const char *s, uint64_t min, uint64_t max, uint64_t *out)
-{
-	char *end;
-	errno = 0;
-	unsigned long long v = strtoull(s, &end, 10);
-	if (errno || end == s || *end || s[0] == '-' || v < min || v > max) {
-		fprintf(stderr, "bench-start: %s: '%s' is not a number in [%llu, %llu]\n", opt, s,
-			(unsigned long long)min, (unsigned long long)max);
-		return -1;
-	}
-	*out = v;
-	return 0;
-}
-
 int main(int argc, char **argv)
 {
 	static const struct option opts[] = {
@@ -356,34 +342,34 @@ int main(int argc, char **argv)
 			name = optarg;
 			break;
 		case 'r':
-			if (parse_num("--runs", optarg, 1, 1000, &runs))
+			if (bench_parse_num("--runs", optarg, 1, 1000, &runs))
 				return 2;
 			break;
 		case 'm':
-			if (parse_num("--max-chunks", optarg, 1, UINT32_MAX, &max_chunks))
+			if (bench_parse_num("--max-chunks", optarg, 1, UINT32_MAX, &max_chunks))
 				return 2;
 			break;
 		case 'e':
-			if (parse_num("--expect-chunks", optarg, 0, UINT32_MAX, &expect))
+			if (bench_parse_num("--expect-chunks", optarg, 0, UINT32_MAX, &expect))
 				return 2;
 			break;
 		case 'w':
-			if (parse_num("--wait-ms", optarg, 1, 86400000, &wait_ms))
+			if (bench_parse_num("--wait-ms", optarg, 1, 86400000, &wait_ms))
 				return 2;
 			break;
 		case 'T':
-			if (parse_num("--target-ms", optarg, 1, 86400000, &target_ms))
+			if (bench_parse_num("--target-ms", optarg, 1, 86400000, &target_ms))
 				return 2;
 			break;
 		case 'p':
-			if (parse_num("--poll-us", optarg, 1, 1000000, &poll_us))
+			if (bench_parse_num("--poll-us", optarg, 1, 1000000, &poll_us))
 				return 2;
 			break;
 		case 'j':
 			journal = optarg;
 			break;
 		case 'R':
-			if (parse_num("--target-rate", optarg, 1, UINT32_MAX, &target_rate))
+			if (bench_parse_num("--target-rate", optarg, 1, UINT32_MAX, &target_rate))
 				return 2;
 			break;
 		case 'S':
