@@ -22,15 +22,13 @@
 static uint64_t next_thread = 1; /* atomic */
 static uint64_t next_serial = 1; /* atomic */
 
-/* The calling thread's word, and its block in the set it used last. A cached NO_BLOCK is looked
- * at again every RETRY_EVERY takes, since blocks of exited threads become claimable. */
-#define RETRY_EVERY 256u
+/* The calling thread's word (0 until its first claim). */
 static __thread uint64_t my_word __attribute__((tls_model("initial-exec")));
-static __thread struct {
-	uint64_t serial;
-	uint32_t block;
-	uint32_t retry;
-} cache __attribute__((tls_model("initial-exec")));
+
+/* A cached NO_BLOCK is looked at again every RETRY_EVERY takes, since blocks of exited threads
+ * become claimable. */
+#define RETRY_EVERY 256u
+__thread struct chunkd_pb_cache chunkd__pb_cache __attribute__((tls_model("initial-exec")));
 
 static uint64_t thread_word(void)
 {
@@ -84,14 +82,14 @@ static uint32_t claim(struct chunkd_pin_blocks *pb)
 	return CHUNKD_PIN_NO_BLOCK;
 }
 
-void chunkd__pb_taker(struct chunkd_pin_blocks *pb, struct chunkd_pin_taker *t)
+void chunkd__pb_taker_slow(struct chunkd_pin_blocks *pb, struct chunkd_pin_taker *t)
 {
-	if (__builtin_expect(cache.serial != pb->serial, 0) ||
-	    (cache.block == CHUNKD_PIN_NO_BLOCK && ++cache.retry % RETRY_EVERY == 0)) {
-		cache.block = claim(pb);
-		cache.serial = pb->serial;
+	struct chunkd_pb_cache *c = &chunkd__pb_cache;
+	if (c->serial != pb->serial || ++c->retry % RETRY_EVERY == 0) {
+		c->block = claim(pb);
+		c->serial = pb->serial;
 	}
-	t->block = cache.block;
+	t->block = c->block;
 	/* Acquire: pairs with the release OR in chunkd__pb_grow, after the owner word says SHARED. */
 	t->cas_mask = chunkd__load_acquire(&pb->shared);
 }

@@ -24,12 +24,14 @@ int chunkd__pin_take(const struct chunkd_pin_taker *t, uint64_t word)
 	uint64_t *pins = t->me->pins;
 	if (t->light && t->block < CHUNKD_PIN_BLOCKS) {
 		/* Only this thread stores non-zero words into its block; others only clear. */
-		uint32_t base = t->block * CHUNKD_PIN_BLOCK;
+		uint32_t base = t->block * CHUNKD_PIN_BLOCK, k0 = *t->hint;
 		for (uint32_t k = 0; k < CHUNKD_PIN_BLOCK; k++) {
-			if (chunkd__load_relaxed(&pins[base + k]) == 0) {
-				chunkd__store_relaxed(&pins[base + k], word);
+			uint32_t i = base + (k0 + k) % CHUNKD_PIN_BLOCK;
+			if (chunkd__load_relaxed(&pins[i]) == 0) {
+				chunkd__store_relaxed(&pins[i], word);
 				compiler_barrier();
-				return (int)(base + k);
+				*t->hint = (k0 + k + 1) % CHUNKD_PIN_BLOCK;
+				return (int)i;
 			}
 		}
 	}
