@@ -354,8 +354,9 @@ static int next_line(struct cursor *c, const char *what, const char **s, size_t 
 /* Take the line "<key> <value>"; *v, *vn get the value (the rest of the line). */
 static int keyed_line(struct cursor *c, const char *key, const char **v, size_t *vn)
 {
-	size_t klen = strlen(key), n;
-	const char *s;
+	/* Initialised for the compiler, which cannot see that fail() returns non-zero. */
+	size_t klen = strlen(key), n = 0;
+	const char *s = NULL;
 	int err;
 
 	err = next_line(c, key, &s, &n);
@@ -370,8 +371,8 @@ static int keyed_line(struct cursor *c, const char *key, const char **v, size_t 
 
 static int id_line(struct cursor *c, const char *key, uint8_t out[CHUNKD_ID_SIZE])
 {
-	const char *v;
-	size_t vn;
+	const char *v = NULL;
+	size_t vn = 0;
 	int err;
 
 	err = keyed_line(c, key, &v, &vn);
@@ -449,9 +450,9 @@ int chunkd__meta_parse(const char *buf, size_t len, struct chunkd_meta *m, char 
 	struct cursor c = {buf, buf + len, 0, reason, reasonlen};
 	uint16_t namelen[CHUNKD_MAX_FILES];
 	unsigned first_file_line;
-	const char *s, *nul;
+	const char *s = NULL, *nul;
 	uint64_t nfiles;
-	size_t n;
+	size_t n = 0;
 	int err;
 
 	if (len > CHUNKD_META_MAX) {

@@ -1340,7 +1340,7 @@ int th_child_finish(struct th_child *c, int timeout_ms)
 		if (r < 0)
 			break;
 	}
-	int st;
+	int st = 0;
 	int r = th_wait_pid(c->pid, th_deadline_left_ms(&dl), &st);
 	if (r < 0) {
 		th_child_kill(c);
@@ -1356,7 +1356,7 @@ void th_child_kill(struct th_child *c)
 {
 	if (c->running && c->pid > 0) {
 		kill(c->pid, SIGKILL);
-		int st;
+		int st = 0;
 		if (th_wait_pid(c->pid, 10000, &st) == 0)
 			c->status = st;
 		c->running = 0;
