@@ -51,14 +51,6 @@ int chunkd_open(const char *name, chunkd_client **out)
 	if (r < 0)
 		goto err_cat;
 
-	/* Light pins need this process registered for the daemon's membarrier before its first
-	 * pin; registering before the slot is claimed orders it before any pin scan that sees the
-	 * slot (docs/shm-layout.md, "Light pins"). Without it, seq_cst pins, which always work. */
-	if (chunkd__load_relaxed(&c->cat.hdr->pin_fence) == CHUNKD_PIN_FENCE_MEMBARRIER &&
-	    chunkd__pins_register() == 0)
-		c->light = 1;
-	chunkd__pb_init(&c->pb);
-
 	c->owner = chunkd__owner_of(0);
 	if (c->owner == 0) {
 		r = -EIO;
@@ -84,10 +76,9 @@ int chunkd_open(const char *name, chunkd_client **out)
 	if (r < 0)
 		goto err_req;
 	/* A slot is freed only with an empty pin table; clearing again costs nothing. */
-	struct chunkd_pin_taker t = chunkd__client_clearer(c);
 	for (uint32_t i = 0; i < CHUNKD_PINS_PER_CLIENT; i++)
 		if (chunkd__load_relaxed(&c->me->pins[i]) != 0)
-			chunkd__pin_clear(&t, i);
+			chunkd__pin_clear(c->me, i);
 	chunkd__store_relaxed(&c->me->ctl.attach_ns, now_realtime_ns());
 	/* The daemon resets a slot's ring and tickets before freeing it, so we start at its tail
 	 * with ticket 1. */
@@ -113,10 +104,9 @@ void chunkd_close(chunkd_client *c)
 {
 	if (!c)
 		return;
-	struct chunkd_pin_taker t = chunkd__client_clearer(c);
 	for (uint32_t i = 0; i < CHUNKD_PINS_PER_CLIENT; i++)
 		if (chunkd__load_relaxed(&c->me->pins[i]) != 0)
-			chunkd__pin_clear(&t, i);
+			chunkd__pin_clear(c->me, i);
 	/* seq_cst: the cleared pins precede the closed mark for any scanner. Only the daemon frees
 	 * the slot, after it has taken every request still in our ring. */
 	chunkd__store_seq_cst(&c->me->ctl.owner, c->owner | CHUNKD_OWNER_CLOSED);
@@ -136,16 +126,7 @@ int chunkd_find(chunkd_client *c, const chunkd_id *dataset, uint64_t block, chun
 	memcpy(ds, dataset->bytes, sizeof(ds));
 	struct chunkd_idx_range e;
 	uint64_t flips;
-	struct chunkd_pin_taker t = {c->me, c->req.hdr, &pin_hint, CHUNKD_PIN_NO_BLOCK, ~0ull,
-				     c->light};
-	if (c->light)
-		chunkd__pb_taker(&c->pb, &t);
-	int pi;
-	/* Light: when this thread's block and the SHARED blocks are full, share one more block
-	 * (at most CHUNKD_PIN_BLOCKS times). */
-	while ((pi = chunkd__pin_find(&c->cat, &t, ds, block, &e, &flips)) == -ENOBUFS &&
-	       c->light && chunkd__pb_grow(&c->pb) == 0)
-		chunkd__pb_taker(&c->pb, &t);
+	int pi = chunkd__pin_find(&c->cat, c->me, c->req.hdr, &pin_hint, ds, block, &e, &flips);
 	if (pi < 0)
 		return pi;
 	memcpy(ref->id.bytes, e.id, CHUNKD_ID_SIZE);
@@ -165,8 +146,7 @@ void chunkd_release(chunkd_client *c, chunkd_ref *ref)
 {
 	if (!c || !ref || ref->_pin >= CHUNKD_PINS_PER_CLIENT || ref->_word == 0)
 		return;
-	struct chunkd_pin_taker t = chunkd__client_clearer(c);
-	chunkd__pin_release(&c->cat, &t, ref->_pin, ref->_word, ref->_flips);
+	chunkd__pin_release(&c->cat, c->me, c->req.hdr, ref->_pin, ref->_word, ref->_flips);
 	ref->_word = 0;
 	ref->path = NULL;
 }

@@ -5,7 +5,6 @@
 #include <pthread.h>
 #include <stdint.h>
 
-#include "pinblocks.h"
 #include "shm/shm.h"
 
 struct chunkd_client {
@@ -18,18 +17,7 @@ struct chunkd_client {
 	/* Request producer state, process-private: no other process ever takes this mutex. */
 	pthread_mutex_t sq_lock;
 	uint64_t next_ticket; /* atomic: read by chunkd_wait without the lock */
-	/* Light pins (docs/shm-layout.md): the daemon fences pin scans with membarrier and this
-	 * process registered for it, so pins are taken and cleared with plain stores. */
-	int light;
-	struct chunkd_pin_blocks pb; /* which thread takes pins where (light only) */
 };
-
-/* The taker for the calling thread, with only what clearing needs (no block to take in). */
-static inline struct chunkd_pin_taker chunkd__client_clearer(struct chunkd_client *c)
-{
-	struct chunkd_pin_taker t = {c->me, c->req.hdr, NULL, CHUNKD_PIN_NO_BLOCK, 0, c->light};
-	return t;
-}
 
 /* Record the detail of a failed chunkd_open() for chunkd_last_error() (thread-local). */
 void chunkd__set_last_error(const char *msg);

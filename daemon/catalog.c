@@ -15,7 +15,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "log.h"
 #include "shm/atomics.h"
 #include "shm/seqlock.h"
 
@@ -242,24 +241,10 @@ void chunkd__catalog_settle(struct catalog *c)
 		chunkd__catalog_flush(c);
 }
 
-int chunkd__catalog_pin_fence(struct catalog *c)
-{
-	/* Our own segment (clients map it read-only): the value is the one we stored. */
-	if (chunkd__load_relaxed(&c->cat->hdr->pin_fence) != CHUNKD_PIN_FENCE_MEMBARRIER)
-		return 0;
-	int r = chunkd__pins_fence();
-	if (r < 0)
-		log_error("membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED): %s; removals wait",
-			  strerror(-r));
-	return r;
-}
-
 uint32_t chunkd__catalog_pins(struct catalog *c, uint32_t slot)
 {
 	if (c->sp[slot].unpublishing)
 		chunkd__catalog_flush(c);
-	if (chunkd__catalog_pin_fence(c) < 0)
-		return UINT32_MAX; /* unknown: as good as pinned */
 	return chunkd__pins_count(c->req, slot, c->sp[slot].gen);
 }
 

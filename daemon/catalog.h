@@ -63,11 +63,6 @@ void chunkd__catalog_set_state(struct catalog *c, uint32_t slot, uint32_t state)
  * after the states[] store that makes new pins back out. */
 uint32_t chunkd__catalog_pins(struct catalog *c, uint32_t slot);
 
-/* The daemon's side of light pins: call between the state stores a pin scan must follow (settle)
- * and the scan. membarrier(2) when the segment's pin_fence says so, else nothing. Returns 0, or a
- * negative errno: then the scan's result cannot be trusted (treat everything as pinned). */
-int chunkd__catalog_pin_fence(struct catalog *c);
-
 /* Flush now if some slot's leaving PUBLISHED is not in shared memory yet: a pin scan counts
  * only after the states[] stores that make new pins of those slots back out. */
 void chunkd__catalog_settle(struct catalog *c);

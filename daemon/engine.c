@@ -1912,13 +1912,8 @@ static void check_condemned(struct engine *e)
 	if (!e->pins_dirty || !e->condemned)
 		return;
 	e->pins_dirty = 0;
-	/* The condemned slots' states[] must say so before the scan (catalog.h), and with light
-	 * pins the membarrier comes between those stores and the scan. */
+	/* The condemned slots' states[] must say so before the scan (catalog.h). */
 	chunkd__catalog_settle(e->cat);
-	if (chunkd__catalog_pin_fence(e->cat) < 0) {
-		e->pins_dirty = 1;
-		return;
-	}
 	size_t n;
 	uint64_t *pins = pins_snapshot(e, &n);
 	if (n == SIZE_MAX) {

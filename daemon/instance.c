@@ -185,8 +185,7 @@ static int repair_seq(uint32_t *seq)
 /* Take over the segments of a dead daemon of the same instance, keeping every client slot,
  * pin, queued request and the published catalogue, so that attached workers notice nothing.
  * Returns 0, or a negative errno when they cannot be adopted (the caller recreates them). */
-static int adopt_segments(struct instance *in, uint32_t max_chunks, uint32_t max_clients,
-			  int can_membarrier)
+static int adopt_segments(struct instance *in, uint32_t max_chunks, uint32_t max_clients)
 {
 	struct chunkd_cat_map cat;
 	struct chunkd_req_map req;
@@ -202,21 +201,6 @@ static int adopt_segments(struct instance *in, uint32_t max_chunks, uint32_t max
 		log_info("recreating instance '%s' segments: they were made for %u chunks in %s, "
 			 "this daemon has %u chunks in %s", in->name, cat.geom.max_chunks,
 			 cat.hdr->data_dir, max_chunks, in->data_dir);
-		chunkd__cat_detach(&cat);
-		return -ESTALE;
-	}
-	uint32_t fence = chunkd__load_relaxed(&cat.hdr->pin_fence);
-	if (fence != CHUNKD_PIN_FENCE_MEMBARRIER && can_membarrier) {
-		/* Clients attached before keep their seq_cst pins, which our fence does not hurt;
-		 * clients attaching from now on may pin with plain stores. */
-		chunkd__store_relaxed(&cat.hdr->pin_fence, CHUNKD_PIN_FENCE_MEMBARRIER);
-		fence = CHUNKD_PIN_FENCE_MEMBARRIER;
-	}
-	if (fence == CHUNKD_PIN_FENCE_MEMBARRIER && !can_membarrier) {
-		/* Its clients take pins with plain stores: without our membarrier a pin scan could
-		 * miss one. */
-		log_info("recreating instance '%s' segments: their clients pin with plain stores, "
-			 "and this daemon does not use membarrier(2)", in->name);
 		chunkd__cat_detach(&cat);
 		return -ESTALE;
 	}
@@ -250,7 +234,6 @@ static int adopt_segments(struct instance *in, uint32_t max_chunks, uint32_t max
 	in->cat = cat;
 	in->req = req;
 	in->adopted = 1;
-	in->pin_membarrier = fence == CHUNKD_PIN_FENCE_MEMBARRIER;
 	log_info("taking over instance '%s' from daemon pid %d (no longer running): adopted its "
 		 "segments, clients and pins (epoch %llu)", in->name, (int)CHUNKD_OWNER_PID(owner),
 		 (unsigned long long)chunkd__load_relaxed(&h->epoch));
@@ -260,8 +243,7 @@ static int adopt_segments(struct instance *in, uint32_t max_chunks, uint32_t max
 	return 0;
 }
 
-static int create_segments(struct instance *in, uint32_t max_chunks, uint32_t max_clients,
-			   int can_membarrier)
+static int create_segments(struct instance *in, uint32_t max_chunks, uint32_t max_clients)
 {
 	uint64_t epoch = 0;
 	struct chunkd_cat_map old;
@@ -301,8 +283,6 @@ static int create_segments(struct instance *in, uint32_t max_chunks, uint32_t ma
 	h->magic = CHUNKD_CAT_MAGIC;
 	h->format = CHUNKD_SHM_FORMAT;
 	h->max_chunks = max_chunks;
-	h->pin_fence = can_membarrier ? CHUNKD_PIN_FENCE_MEMBARRIER : CHUNKD_PIN_FENCE_SEQ_CST;
-	in->pin_membarrier = can_membarrier;
 	h->size = cg.size;
 	h->slots_off = cg.slots_off;
 	h->index_off[0] = cg.index_off[0];
@@ -332,7 +312,7 @@ static int create_segments(struct instance *in, uint32_t max_chunks, uint32_t ma
 }
 
 int chunkd__instance_open(struct instance *in, const char *name, const char *data_dir,
-			  uint32_t max_chunks, uint32_t max_clients, int membarrier)
+			  uint32_t max_chunks, uint32_t max_clients)
 {
 	memset(in, 0, sizeof(*in));
 	in->data_fd = in->dir_lock_fd = in->name_lock_fd = -1;
@@ -356,19 +336,9 @@ int chunkd__instance_open(struct instance *in, const char *name, const char *dat
 	r = lock_name(in);
 	if (r < 0)
 		goto err_dir_lock;
-	/* Light pins need the daemon's membarrier: try one (it needs no registration of ours). */
-	int can_membarrier = 0;
-	if (membarrier) {
-		r = chunkd__pins_fence();
-		if (r == 0)
-			can_membarrier = 1;
-		else
-			log_info("membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED): %s; clients pin with "
-				 "locked instructions", strerror(-r));
-	}
-	r = adopt_segments(in, max_chunks, max_clients, can_membarrier);
+	r = adopt_segments(in, max_chunks, max_clients);
 	if (r < 0)
-		r = create_segments(in, max_chunks, max_clients, can_membarrier);
+		r = create_segments(in, max_chunks, max_clients);
 	if (r < 0)
 		goto err_name_lock;
 	return 0;

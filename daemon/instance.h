@@ -19,17 +19,14 @@ struct instance {
 	struct chunkd_cat_map cat;
 	struct chunkd_req_map req;
 	int adopted; /* the segments were taken over from a previous daemon */
-	/* The segments' pin_fence is MEMBARRIER: every pin scan must follow chunkd__pins_fence(). */
-	int pin_membarrier;
 };
 
 /* Lock the data dir and the name, then adopt the segments a previous daemon of the instance left
  * (same layout, size and data dir: clients, pins, rings and the catalogue are kept), or create
- * fresh ones. With `membarrier`, fresh segments get light pins if membarrier(2) works here, and
- * adopted segments keep what they had (recreated if they had light pins and it does not).
+ * fresh ones.
  * Logs the reason of any failure. Returns 0 or a negative errno; on failure nothing is held. */
 int chunkd__instance_open(struct instance *in, const char *name, const char *data_dir,
-			  uint32_t max_chunks, uint32_t max_clients, int membarrier);
+			  uint32_t max_chunks, uint32_t max_clients);
 
 /* Mark the header STOPPED (segments stay, so clients keep the last catalogue), unmap and unlock. */
 void chunkd__instance_close(struct instance *in);

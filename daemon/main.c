@@ -30,9 +30,6 @@ static const char usage[] =
 	"      --max-chunks N       catalogue capacity (default 65536)\n"
 	"      --max-clients N      client slots (default 64)\n"
 	"      --scan-threads N     threads for the start-up scan (default: 2 x online CPUs)\n"
-	"      --no-membarrier      clients pin chunks with locked instructions instead of the\n"
-	"                           daemon fencing its pin scans with membarrier(2) (slower\n"
-	"                           look-ups; for kernels or seccomp filters without it)\n"
 	"\n"
 	"Download policy:\n"
 	"      --chunks-in-flight N chunks downloading at once (default 4)\n"
@@ -111,7 +108,6 @@ int main(int argc, char **argv)
 		{"backoff-max", required_argument, NULL, 1007},
 		{"buffers", required_argument, NULL, 1008},
 		{"checkpoint", required_argument, NULL, 1009},
-		{"no-membarrier", no_argument, NULL, 1010},
 		{"help", no_argument, NULL, 'h'},
 		{"version", no_argument, NULL, 'V'},
 		{NULL, 0, NULL, 0},
@@ -122,7 +118,7 @@ int main(int argc, char **argv)
 	uint32_t scan_threads = ncpu > 0 ? (uint32_t)(2 * ncpu) : 2;
 	struct engine_config cfg;
 	chunkd__engine_default_config(&cfg);
-	int c, lidx, membarrier = 1;
+	int c, lidx;
 	while ((c = getopt_long(argc, argv, "d:n:l:hV", opts, &lidx)) != -1) {
 		uint32_t *target = NULL, lo = 1, hi = 1000000;
 		switch (c) {
@@ -164,9 +160,6 @@ int main(int argc, char **argv)
 		case 1009:
 			target = &cfg.checkpoint_mb;
 			hi = 65536;
-			break;
-		case 1010:
-			membarrier = 0;
 			break;
 		case 'd':
 			data_dir = optarg;
@@ -236,7 +229,7 @@ int main(int argc, char **argv)
 	struct timespec t0;
 	clock_gettime(CLOCK_MONOTONIC, &t0);
 	struct instance in;
-	if (chunkd__instance_open(&in, name, data_dir, max_chunks, max_clients, membarrier) < 0)
+	if (chunkd__instance_open(&in, name, data_dir, max_chunks, max_clients) < 0)
 		return 1;
 	struct catalog cat;
 	if (chunkd__catalog_init(&cat, &in.cat, &in.req) < 0) {

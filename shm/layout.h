@@ -12,7 +12,7 @@
 
 #include "chunkd.h"
 
-#define CHUNKD_SHM_VERSION 9u
+#define CHUNKD_SHM_VERSION 8u
 #define CHUNKD_CAT_MAGIC 0x31544143444b4e43ull /* "CNKDCAT1" little-endian */
 #define CHUNKD_REQ_MAGIC 0x31514552444b4e43ull /* "CNKDREQ1" little-endian */
 
@@ -47,17 +47,6 @@ enum chunkd_slot_state {
 #define CHUNKD_PIN_SLOT(w) ((uint32_t)(w) - 1u)
 #define CHUNKD_PIN_GEN(w) ((uint32_t)((w) >> 32))
 
-/* pin_fence: 0 = clients take and clear pins with seq_cst CAS and stores; MEMBARRIER = the daemon
- * calls membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED) before every pin scan, so registered clients
- * use plain stores ("Light pins" in docs/shm-layout.md). */
-#define CHUNKD_PIN_FENCE_SEQ_CST 0u
-#define CHUNKD_PIN_FENCE_MEMBARRIER 1u
-
-/* Pin blocks: a thread takes pins with plain stores only in a block it owns (process-local
- * ownership, see client/pinblocks.c). One cache line each. */
-#define CHUNKD_PIN_BLOCK 8u
-#define CHUNKD_PIN_BLOCKS (CHUNKD_PINS_PER_CLIENT / CHUNKD_PIN_BLOCK)
-
 /* ---- /chunkd.NAME.cat ------------------------------------------------------------------- */
 
 struct chunkd_cat_hdr {
@@ -66,7 +55,7 @@ struct chunkd_cat_hdr {
 	uint32_t format;
 	uint32_t version; /* atomic; written last (release): non-zero = initialised */
 	uint32_t max_chunks;
-	uint32_t pin_fence; /* CHUNKD_PIN_FENCE_*: how pins are ordered (docs/shm-layout.md) */
+	uint32_t _pad0;
 	uint64_t size;
 	uint64_t slots_off;
 	uint64_t index_off[2];
@@ -283,11 +272,6 @@ _Static_assert(sizeof(pthread_rwlock_t) <= 2 * CHUNKD_CACHELINE, "rwlock fits it
 _Static_assert(offsetof(struct chunkd_cat_hdr, heartbeat_ns) == 10 * CHUNKD_CACHELINE,
 	       "the heartbeat has its own cache line");
 _Static_assert(sizeof(struct chunkd_slot) == 640, "slot is 640 bytes");
-_Static_assert(offsetof(struct chunkd_req_client, pins) % CHUNKD_CACHELINE == 0 &&
-		   CHUNKD_PIN_BLOCK * 8 == CHUNKD_CACHELINE &&
-		   CHUNKD_PIN_BLOCKS * CHUNKD_PIN_BLOCK == CHUNKD_PINS_PER_CLIENT &&
-		   CHUNKD_PIN_BLOCKS <= 64,
-	       "a pin block is one cache line; a 64-bit mask covers the blocks");
 _Static_assert(offsetof(struct chunkd_slot, path) % 8 == 0, "path is word aligned");
 _Static_assert(sizeof(struct chunkd_idx_hdr) == CHUNKD_CACHELINE, "index header is one line");
 _Static_assert(sizeof(struct chunkd_idx_ds) == 40, "ds entry");

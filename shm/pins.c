@@ -1,64 +1,34 @@
 /*
  * pins.c — the pin tables in the request segment. The protocol and why it is safe are in
- * docs/shm-layout.md, "The pin protocol": the client's pin store and the daemon's CONDEMNED store
- * are each followed by a load of the other side's word, with a full barrier in between on both
- * sides — seq_cst operations, or ("Light pins") the daemon's membarrier for both.
+ * docs/shm-layout.md, "The pin protocol": the client's pin CAS and the daemon's CONDEMNED store
+ * are both seq_cst, each followed by a seq_cst load of the other side's word.
  */
 #include <errno.h>
-#include <linux/membarrier.h>
-#include <sys/syscall.h>
-#include <unistd.h>
 
 #include "atomics.h"
 #include "shm.h"
 
-/* The compiler barrier of light pins: keeps a relaxed or release store of a pin entry before the
- * following load of index_flips or states[] (membarrier in the daemon orders the CPUs). */
-static inline void compiler_barrier(void)
+int chunkd__pin_take(struct chunkd_req_client *cl, uint32_t *hint, uint64_t word)
 {
-	__atomic_signal_fence(__ATOMIC_SEQ_CST);
-}
-
-int chunkd__pin_take(const struct chunkd_pin_taker *t, uint64_t word)
-{
-	uint64_t *pins = t->me->pins;
-	if (t->light && t->block < CHUNKD_PIN_BLOCKS) {
-		/* Only this thread stores non-zero words into its block; others only clear. */
-		uint32_t base = t->block * CHUNKD_PIN_BLOCK, k0 = *t->hint;
-		for (uint32_t k = 0; k < CHUNKD_PIN_BLOCK; k++) {
-			uint32_t i = base + (k0 + k) % CHUNKD_PIN_BLOCK;
-			if (chunkd__load_relaxed(&pins[i]) == 0) {
-				chunkd__store_relaxed(&pins[i], word);
-				compiler_barrier();
-				*t->hint = (k0 + k + 1) % CHUNKD_PIN_BLOCK;
-				return (int)i;
-			}
-		}
-	}
-	uint64_t mask = t->light ? t->cas_mask : ~0ull;
-	uint32_t start = *t->hint % CHUNKD_PINS_PER_CLIENT;
+	uint32_t start = *hint % CHUNKD_PINS_PER_CLIENT;
 	for (uint32_t k = 0; k < CHUNKD_PINS_PER_CLIENT; k++) {
 		uint32_t i = (start + k) % CHUNKD_PINS_PER_CLIENT;
 		uint64_t expect = 0;
-		if (!(mask >> (i / CHUNKD_PIN_BLOCK) & 1u)) {
-			k += CHUNKD_PIN_BLOCK - 1 - i % CHUNKD_PIN_BLOCK; /* skip the rest of the block */
+		if (chunkd__load_relaxed(&cl->pins[i]) != 0)
 			continue;
-		}
-		if (chunkd__load_relaxed(&pins[i]) != 0)
-			continue;
-		/* seq_cst: ordered before the caller's load of index_flips or the slot's
-		 * gen_state, and against the daemon's state stores + pin scan (Dekker). */
-		if (chunkd__cas_seq_cst(&pins[i], &expect, word)) {
-			*t->hint = i + 1;
+		/* seq_cst: ordered before the caller's seq_cst load of the slot's gen_state, and
+		 * against the daemon's seq_cst CONDEMNED store + pin scan (Dekker). */
+		if (chunkd__cas_seq_cst(&cl->pins[i], &expect, word)) {
+			*hint = i + 1;
 			return (int)i;
 		}
 	}
 	return -ENOBUFS;
 }
 
-int chunkd__pin_find(const struct chunkd_cat_map *cat, const struct chunkd_pin_taker *t,
-		     const uint64_t dataset[4], uint64_t block, struct chunkd_idx_range *out,
-		     uint64_t *validated)
+int chunkd__pin_find(const struct chunkd_cat_map *cat, struct chunkd_req_client *me,
+		     struct chunkd_req_hdr *bell, uint32_t *hint, const uint64_t dataset[4],
+		     uint64_t block, struct chunkd_idx_range *out, uint64_t *validated)
 {
 	/* Pairs with the daemon's increment of index_flips after it switched index copies. */
 	uint64_t flips = chunkd__load_acquire(&cat->hdr->index_flips);
@@ -69,16 +39,15 @@ int chunkd__pin_find(const struct chunkd_cat_map *cat, const struct chunkd_pin_t
 		if (r < 0)
 			return r;
 		uint64_t word = CHUNKD_PIN_WORD(out->slot, out->gen);
-		int pi = chunkd__pin_take(t, word);
+		int pi = chunkd__pin_take(me, hint, word);
 		if (pi < 0)
 			return pi;
-		/* The recheck, after the pin store. Fast path: no index was published since the
-		 * look-up began, so the copy we read is the current one, and the daemon takes a
-		 * chunk of it out of PUBLISHED only after the next flip, whose increment then follows
-		 * this load, so its pin scan sees our pin. Otherwise load the slot's gen_state
-		 * (pairs with the daemon's states[] store + pin scan): a cache miss the fast path
-		 * avoids. seq_cst loads: after a seq_cst CAS they complete the Dekker pattern; after
-		 * a light store the daemon's membarrier does. */
+		/* The recheck, after our seq_cst pin CAS. Fast path: no index was published since
+		 * the look-up began, so the copy we read is the current one, and the daemon takes a
+		 * chunk of it out of PUBLISHED only after the next flip, whose seq_cst increment
+		 * then follows this load, so its pin scan sees our pin. Otherwise load the slot's
+		 * gen_state (seq_cst; pairs with the daemon's states[] store + pin scan): a cache
+		 * miss the fast path avoids. */
 		uint64_t gs = 0;
 		if (chunkd__load_seq_cst(&cat->hdr->index_flips) == flips) {
 			*validated = flips;
@@ -89,79 +58,43 @@ int chunkd__pin_find(const struct chunkd_cat_map *cat, const struct chunkd_pin_t
 			*validated = CHUNKD_FLIPS_NONE;
 			return pi;
 		}
-		chunkd__pin_clear(t, (uint32_t)pi);
+		chunkd__pin_clear(me, (uint32_t)pi);
 		if (CHUNKD_GS_GEN(gs) == out->gen && CHUNKD_GS_STATE(gs) == CHUNKD_SLOT_CONDEMNED)
-			chunkd__doorbell_ring(t->bell); /* the daemon may have seen our pin */
+			chunkd__doorbell_ring(bell); /* the daemon may have seen our pin */
 		flips = chunkd__load_acquire(&cat->hdr->index_flips);
 	}
 	return -EAGAIN;
 }
 
-int chunkd__pin_release(const struct chunkd_cat_map *cat, const struct chunkd_pin_taker *t,
-			uint32_t i, uint64_t word, uint64_t flips)
+int chunkd__pin_release(const struct chunkd_cat_map *cat, struct chunkd_req_client *me,
+			struct chunkd_req_hdr *bell, uint32_t i, uint64_t word, uint64_t flips)
 {
-	uint64_t *e = &t->me->pins[i % CHUNKD_PINS_PER_CLIENT];
-	if (t->light) {
-		/* The entry holds our pin, so no other thread stores into it until it is 0. */
-		if (chunkd__load_relaxed(e) != word)
-			return -ENOENT;
-		/* release: the caller's reads of the chunk happen before the pin is gone. */
-		chunkd__store_release(e, 0);
-		compiler_barrier();
-	} else {
-		/* One seq_cst CAS clears our entry and checks it was ours (not released twice, or
-		 * never found); it orders the clear before the following seq_cst loads. */
-		uint64_t expect = word;
-		if (!chunkd__cas_seq_cst(e, &expect, 0))
-			return -ENOENT;
-	}
+	/* One seq_cst CAS clears our entry and checks it was ours (not released twice, or never
+	 * found); it orders the clear before the following seq_cst loads, like pin_clear. */
+	uint64_t expect = word;
+	if (!chunkd__cas_seq_cst(&me->pins[i % CHUNKD_PINS_PER_CLIENT], &expect, 0))
+		return -ENOENT;
 	/* Fast path: the index the pin was validated under is still the current one. The daemon
-	 * condemns a chunk of it only after the next flip, which then follows this load, so its
-	 * pin scan sees our cleared entry: nobody waits for us. */
+	 * condemns a chunk of it only after the next flip, which then follows this load in the
+	 * single total order, so its pin scan sees our cleared entry: nobody waits for us. */
 	if (flips != CHUNKD_FLIPS_NONE && chunkd__load_seq_cst(&cat->hdr->index_flips) == flips)
 		return 0;
 	uint32_t slot = CHUNKD_PIN_SLOT(word);
 	if (slot < cat->geom.max_chunks) {
-		/* After the cleared pin; see chunkd__pin_clear. */
+		/* seq_cst: after the cleared pin; see chunkd__pin_clear. */
 		uint64_t gs = chunkd__load_seq_cst(&cat->states[slot]);
 		if (CHUNKD_GS_STATE(gs) == CHUNKD_SLOT_CONDEMNED &&
 		    CHUNKD_GS_GEN(gs) == CHUNKD_PIN_GEN(word))
-			chunkd__doorbell_ring(t->bell);
+			chunkd__doorbell_ring(bell);
 	}
 	return 0;
 }
 
-void chunkd__pin_clear(const struct chunkd_pin_taker *t, uint32_t i)
+void chunkd__pin_clear(struct chunkd_req_client *cl, uint32_t i)
 {
-	uint64_t *e = &t->me->pins[i % CHUNKD_PINS_PER_CLIENT];
-	/* The daemon's scan either sees this 0, or the caller's following load of gen_state sees
-	 * CONDEMNED and rings the doorbell: seq_cst, or release + the daemon's membarrier. */
-	if (t->light) {
-		chunkd__store_release(e, 0);
-		compiler_barrier();
-	} else {
-		chunkd__store_seq_cst(e, 0);
-	}
-}
-
-static long sys_membarrier(int cmd)
-{
-	return syscall(__NR_membarrier, cmd, 0u, 0);
-}
-
-int chunkd__pins_register(void)
-{
-	long q = sys_membarrier(MEMBARRIER_CMD_QUERY);
-	if (q < 0)
-		return -errno;
-	if (!(q & MEMBARRIER_CMD_GLOBAL_EXPEDITED))
-		return -ENOSYS;
-	return sys_membarrier(MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED) < 0 ? -errno : 0;
-}
-
-int chunkd__pins_fence(void)
-{
-	return sys_membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED) < 0 ? -errno : 0;
+	/* seq_cst: the daemon's scan either sees this 0, or the caller's following seq_cst load of
+	 * gen_state sees CONDEMNED and rings the doorbell. */
+	chunkd__store_seq_cst(&cl->pins[i % CHUNKD_PINS_PER_CLIENT], 0);
 }
 
 uint32_t chunkd__pins_count(const struct chunkd_req_map *m, uint32_t slot, uint32_t gen)

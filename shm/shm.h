@@ -164,53 +164,29 @@ void chunkd__slot_write(struct chunkd_slot *s, const struct chunkd_slot_copy *in
 
 /* ---- pins (pins.c) -------------------------------------------------------------------------- */
 
-/* How a client thread takes and clears pin entries (docs/shm-layout.md, "Light pins" and "Pin
- * blocks"). With light = 0 every take is a seq_cst CAS anywhere in the table and every clear a
- * seq_cst store. With light = 1 (the daemon fences its pin scans with membarrier and this process
- * registered) takes in `block` are relaxed stores, takes elsewhere are seq_cst CAS in the blocks
- * of `cas_mask` only, and clears are release stores. */
-struct chunkd_pin_taker {
-	struct chunkd_req_client *me; /* this client's slot */
-	struct chunkd_req_hdr *bell;  /* the doorbell to ring when the daemon may wait for us */
-	uint32_t *hint;               /* where the next CAS search starts (per thread) */
-	uint32_t block;               /* light: the block this thread owns, or CHUNKD_PIN_NO_BLOCK */
-	uint64_t cas_mask;            /* blocks where a CAS may take an entry (bit b = block b) */
-	int light;
-};
-#define CHUNKD_PIN_NO_BLOCK UINT32_MAX
+/* Client: take a free entry in `cl`'s pin table for `word`, starting the search at *hint.
+ * Returns the entry index, or -ENOBUFS when the table is full. seq_cst. */
+int chunkd__pin_take(struct chunkd_req_client *cl, uint32_t *hint, uint64_t word);
 
-/* Client: take a free entry for `word`: first a plain store in t->block (light), else a seq_cst
- * CAS in the blocks of t->cas_mask. Returns the entry index, or -ENOBUFS when none is free. */
-int chunkd__pin_take(const struct chunkd_pin_taker *t, uint64_t word);
-
-/* Client: clear entry i, so that a following load of the slot's state is ordered after it
- * (seq_cst store, or release store + compiler barrier when t->light). */
-void chunkd__pin_clear(const struct chunkd_pin_taker *t, uint32_t i);
+/* Client: clear entry i (seq_cst), so that a following seq_cst load of the slot is ordered. */
+void chunkd__pin_clear(struct chunkd_req_client *cl, uint32_t i);
 
 /* Client: find the published chunk of `dataset` holding `block` and pin it: look-up, pin, and
  * the recheck of docs/shm-layout.md, "The pin protocol". Returns the pin entry (the chunk's
- * index entry in *out), -ENOENT, -ENOBUFS (no entry free for this thread) or -EAGAIN. *flips is
- * the index_flips value the pin was validated under, or CHUNKD_FLIPS_NONE if it was validated by
- * the slot's gen_state; pass it to chunkd__pin_release. Rings the doorbell when it backs out of
- * a pin the daemon may have seen. */
-int chunkd__pin_find(const struct chunkd_cat_map *cat, const struct chunkd_pin_taker *t,
-		     const uint64_t dataset[4], uint64_t block, struct chunkd_idx_range *out,
-		     uint64_t *flips);
+ * index entry in *out), -ENOENT, -ENOBUFS (pin table full) or -EAGAIN. *flips is the
+ * index_flips value the pin was validated under, or CHUNKD_FLIPS_NONE if it was validated by
+ * the slot's gen_state; pass it to chunkd__pin_release. Rings `bell` when it backs out of a pin
+ * the daemon may have seen. */
+int chunkd__pin_find(const struct chunkd_cat_map *cat, struct chunkd_req_client *me,
+		     struct chunkd_req_hdr *bell, uint32_t *hint, const uint64_t dataset[4],
+		     uint64_t block, struct chunkd_idx_range *out, uint64_t *flips);
 #define CHUNKD_FLIPS_NONE UINT64_MAX
 
-/* Client: release pin entry i if it still holds `word`, and ring the doorbell if the daemon may
- * be waiting for it. `flips` is what chunkd__pin_find returned with it. Returns 0, or -ENOENT if
- * the entry did not hold `word`. Any thread may release any entry of its process's table. */
-int chunkd__pin_release(const struct chunkd_cat_map *cat, const struct chunkd_pin_taker *t,
-			uint32_t i, uint64_t word, uint64_t flips);
-
-/* Client: membarrier(MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED); 0 or a negative errno. */
-int chunkd__pins_register(void);
-
-/* Daemon: the heavy side of light pins, between its state stores and a pin scan:
- * membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED). 0 or a negative errno (then the scan must treat
- * every chunk as pinned). */
-int chunkd__pins_fence(void);
+/* Client: release pin entry i of `me` if it still holds `word` (one seq_cst CAS), and ring `bell`
+ * if the daemon may be waiting for it. `flips` is what chunkd__pin_find returned with it.
+ * Returns 0, or -ENOENT if the entry did not hold `word`. */
+int chunkd__pin_release(const struct chunkd_cat_map *cat, struct chunkd_req_client *me,
+			struct chunkd_req_hdr *bell, uint32_t i, uint64_t word, uint64_t flips);
 
 /* Daemon: count pins of incarnation (slot, gen) held by clients whose owner word is non-zero.
  * Bounded by the daemon's private geometry. Entries are untrusted and merely compared. */

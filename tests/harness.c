@@ -904,23 +904,6 @@ int64_t th_index_flips(const char *name)
 	return f;
 }
 
-int th_pin_fence(const char *name)
-{
-	struct chunkd_cat_map m;
-	int r = chunkd__cat_attach(name, 0, &m, NULL, 0);
-	if (r < 0)
-		return r;
-	/* Written before version, which the attach acquired (or when adopting, before READY). */
-	int f = (int)chunkd__load_relaxed(&m.hdr->pin_fence);
-	chunkd__cat_detach(&m);
-	return f;
-}
-
-int th_membarrier_works(void)
-{
-	return chunkd__pins_fence() == 0;
-}
-
 /* ---- the daemon ----------------------------------------------------------------------------- */
 
 int th_daemon_start(struct th_daemon *d, const char *name, const char *data_dir,

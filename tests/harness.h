@@ -237,13 +237,6 @@ int th_need_wake(const char *name);
  * attaching. Read-only. */
 int64_t th_index_flips(const char *name);
 
-/* The catalogue header's pin_fence (CHUNKD_PIN_FENCE_*: 1 = light pins, the daemon fences its pin
- * scans with membarrier), or a negative errno from attaching. Read-only. */
-int th_pin_fence(const char *name); /* 0 = seq_cst pins, 1 = light pins */
-
-/* 1 if membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED) works here (a daemon then makes light pins). */
-int th_membarrier_works(void);
-
 /* ---- the daemon ----------------------------------------------------------------------------- */
 
 struct th_daemon {

@@ -219,19 +219,6 @@ static uint64_t now_realtime_ns(void)
 	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
-/* How clients take pins (docs/shm-layout.md, "Light pins"). Written once, before version. */
-static const char *pin_mode(const struct chunkd_cat_hdr *h)
-{
-	switch (chunkd__load_relaxed(&h->pin_fence)) {
-	case CHUNKD_PIN_FENCE_SEQ_CST:
-		return "seq_cst";
-	case CHUNKD_PIN_FENCE_MEMBARRIER:
-		return "light";
-	default:
-		return "unknown";
-	}
-}
-
 static void read_header(struct dump *d)
 {
 	const struct chunkd_cat_hdr *h = d->cat.hdr;
@@ -481,7 +468,6 @@ static void print_header(const struct dump *d)
 		       (unsigned long long)d->heartbeat_ns, age_s(d, d->heartbeat_ns));
 		printf(",\"data_dir\":");
 		json_str(d->data_dir);
-		printf(",\"pins\":\"%s\"", pin_mode(h));
 		printf(",\"max_chunks\":%u,\"nchunks\":%u,\"catalogue_bytes\":%llu", h->max_chunks,
 		       d->nchunks, (unsigned long long)d->cat.size);
 		printf(",\"slots_offset\":%llu,\"slot_bytes\":%zu",
@@ -520,8 +506,8 @@ static void print_header(const struct dump *d)
 		printf("index      %llu flips; the active copy stayed inconsistent\n",
 		       (unsigned long long)d->flips);
 	if (d->have_req)
-		printf("clients    %u attached of %u slots, %u pins each, %s pins\n", d->nclients,
-		       d->req.geom.max_clients, (unsigned)CHUNKD_PINS_PER_CLIENT, pin_mode(h));
+		printf("clients    %u attached of %u slots, %u pins each\n", d->nclients,
+		       d->req.geom.max_clients, (unsigned)CHUNKD_PINS_PER_CLIENT);
 	else
 		printf("clients    unknown (request segment not readable)\n");
 }

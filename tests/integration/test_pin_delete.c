@@ -10,8 +10,6 @@
  *     is (findable, same path, same files) and stays after the pin is released;
  * and in each case a second client's pins on other chunks are unaffected.
  * Chunks come from gen-chunks.py --flat and are downloaded through file:// URLs at start.
- * Everything runs twice: with light pins (plain stores in the clients, membarrier in the daemon;
- * docs/shm-layout.md) and with a daemon started with --no-membarrier (seq_cst pins).
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -42,9 +40,6 @@ static struct th_env env;
 static struct th_manifest man;
 static char www[PATH_MAX], prefix[PATH_MAX + 16];
 static chunkd_client *client;
-/* The daemon's extra arguments in this run, and the pin_fence its segments must say. */
-static const char *const *daemon_extra;
-static int want_fence;
 
 static int group_setup(void **state)
 {
@@ -62,15 +57,9 @@ static int group_setup(void **state)
 	if (th_gen_chunks(www, json, gen, &man) < 0 || man.n != NCHUNKS)
 		goto err;
 	snprintf(prefix, sizeof(prefix), "file://%s", www);
-	if (th_env_start(&env, daemon_extra, READY_MS, NULL) < 0)
+	if (th_env_start(&env, NULL, READY_MS, NULL) < 0)
 		goto err;
-	int r = th_pin_fence(env.name);
-	if (r != want_fence) {
-		fprintf(stderr, "pin_fence = %d, expected %d\n", r, want_fence);
-		goto err;
-	}
-	printf("# pins: %s\n", r == 1 ? "light (the daemon fences with membarrier)" : "seq_cst");
-	r = chunkd_open(env.name, &client);
+	int r = chunkd_open(env.name, &client);
 	if (r < 0) {
 		fprintf(stderr, "chunkd_open(%s) = %d (%s)\n", env.name, r, chunkd_strerror(r));
 		goto err;
@@ -471,11 +460,5 @@ int main(void)
 	    cmocka_unit_test(test_two_pinners_one_killed),
 	    cmocka_unit_test(test_pinned_delete_then_download),
 	};
-	static const char *const no_membarrier[] = {"--no-membarrier", NULL};
-	want_fence = th_membarrier_works() ? 1 : 0;
-	int failed = cmocka_run_group_tests_name("light pins", tests, group_setup, group_teardown);
-	daemon_extra = no_membarrier;
-	want_fence = 0;
-	failed += cmocka_run_group_tests_name("seq_cst pins", tests, group_setup, group_teardown);
-	return failed;
+	return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

@@ -573,34 +573,6 @@ static void test_restart_same_catalogue(void **state)
 	assert_int_equal(th_file_contains(env.d.log, "stopped"), 1);
 }
 
-/* Light pins across restarts: a daemon that will not fence (--no-membarrier) must not adopt
- * segments whose clients pin with plain stores, so it recreates them (seq_cst pins); a daemon that
- * fences adopts seq_cst segments and lets clients attaching from then on use light pins. */
-static void test_restart_pin_fence_modes(void **state)
-{
-	static const char *const no_mb[] = {"--no-membarrier", NULL};
-	chunkd_instance_info in;
-	(void)state;
-	if (!th_membarrier_works())
-		skip();
-	if (th_daemon_running(&env.d))
-		assert_true(th_exited_with(th_daemon_stop(&env.d, 10000), 0));
-	assert_int_equal(th_pin_fence(env.name), 1);
-
-	th_assert_ok(th_env_start(&env, no_mb, 20000, &in));
-	assert_int_equal(th_pin_fence(env.name), 0);
-	assert_int_equal(th_file_contains(env.d.log, "pin with plain stores"), 1);
-	assert_int_equal(th_file_contains(env.d.log, "adopted its segments"), 0);
-	assert_int_equal(in.nchunks, first_run_n);
-	assert_true(th_exited_with(th_daemon_stop(&env.d, 10000), 0));
-
-	th_assert_ok(th_env_start(&env, NULL, 20000, &in));
-	assert_int_equal(th_pin_fence(env.name), 1);
-	assert_int_equal(th_file_contains(env.d.log, "adopted its segments"), 1);
-	assert_int_equal(in.nchunks, first_run_n);
-	assert_true(th_exited_with(th_daemon_stop(&env.d, 10000), 0));
-}
-
 /* Every chunk directory gone while the daemon was down: the restarted daemon adopts the
  * segments, finds none of the published chunks, and drops them all with one index publication
  * for the lot (one per chunk would rewrite the whole index each time: quadratic). */
@@ -631,7 +603,6 @@ int main(void)
 	    cmocka_unit_test(test_first_start),
 	    cmocka_unit_test(test_stop_keeps_catalogue),
 	    cmocka_unit_test(test_restart_same_catalogue),
-	    cmocka_unit_test(test_restart_pin_fence_modes),
 	    cmocka_unit_test(test_restart_all_dirs_gone),
 	};
 	return cmocka_run_group_tests(tests, group_setup, group_teardown);

@@ -145,11 +145,10 @@ static void test_full_and_generations(void **state)
 	cl->ctl.owner = 1;
 	uint32_t hint = 0;
 	uint32_t gen = CHUNKD_GS_GEN(cat.states[2]);
-	struct chunkd_pin_taker t = {cl, req.hdr, &hint, CHUNKD_PIN_NO_BLOCK, ~0ull, 0};
-	chunkd__pin_take(&t, CHUNKD_PIN_WORD(2, gen));
+	chunkd__pin_take(cl, &hint, CHUNKD_PIN_WORD(2, gen));
 	chunkd__catalog_set_state(&c, 2, CHUNKD_SLOT_CONDEMNED);
 	assert_int_equal(chunkd__catalog_pins(&c, 2), 1);
-	chunkd__pin_clear(&t, 0);
+	chunkd__pin_clear(cl, 0);
 	assert_int_equal(chunkd__catalog_pins(&c, 2), 0);
 	chunkd__catalog_release_slot(&c, 2);
 	/* Reuse bumps the generation, so old pin words never match the new incarnation. */

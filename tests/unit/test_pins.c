@@ -3,13 +3,9 @@
  *
  * The race test plays both sides as fast as it can: a "daemon" publishes incarnation g of a slot,
  * condemns it (seq_cst store), scans the pins, and once it sees none declares g deleted; "clients"
- * pin, recheck gen_state (seq_cst load) and, while holding a pin they think is good, assert that g
- * has not been declared deleted. A wrong memory order would let the daemon delete under a held
- * pin; the test counts such violations and requires zero. Every race runs twice: with seq_cst
- * pins (CAS), and with light pins (plain stores in the client's own block, the daemon calling
- * membarrier before each scan; docs/shm-layout.md, "Light pins"). CHUNKD_TEST_NO_FENCE=1 leaves
- * out the daemon's membarrier in the light runs (a check by hand that the test can see the
- * store-load reordering the membarrier prevents; not part of the suite).
+ * pin (seq_cst CAS), recheck gen_state (seq_cst load) and, while holding a pin they think is
+ * good, assert that g has not been declared deleted. A wrong memory order would let the daemon
+ * delete under a held pin; the test counts such violations and requires zero.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -31,31 +27,6 @@
 #define RUN_MS 1500
 #define SLOT 5
 
-/* Light runs (1): clients take pins with plain stores; the daemon fences each scan. -1: a light
- * run on a kernel without membarrier, skipped. */
-static int light;
-
-static void skip_unless_runnable(void)
-{
-	if (light < 0)
-		skip();
-}
-
-static struct chunkd_pin_taker taker(struct chunkd_req_map *req, uint32_t me, uint32_t *hint)
-{
-	struct chunkd_pin_taker t = {chunkd__req_client(req, me), req->hdr, hint,
-				     light ? 0u : CHUNKD_PIN_NO_BLOCK, light ? 0 : ~0ull, light};
-	return t;
-}
-
-/* The daemon's side of light pins, between its state stores and a pin scan. */
-static void daemon_fence(void)
-{
-	const char *no = getenv("CHUNKD_TEST_NO_FENCE");
-	if (light && !(no && *no == '1'))
-		assert_int_equal(chunkd__pins_fence(), 0);
-}
-
 struct shared {
 	uint32_t stop;
 	uint32_t deleted_gen; /* highest generation the daemon has deleted */
@@ -71,46 +42,14 @@ static void test_take_clear_full(void **state)
 	fixture_req(&req, 2);
 	struct chunkd_req_client *cl = chunkd__req_client(&req, 1);
 	uint32_t hint = 0;
-	struct chunkd_pin_taker t = taker(&req, 1, &hint);
 	for (uint32_t i = 0; i < CHUNKD_PINS_PER_CLIENT; i++)
-		assert_int_equal(chunkd__pin_take(&t, CHUNKD_PIN_WORD(i, 1)), (int)i);
-	assert_int_equal(chunkd__pin_take(&t, CHUNKD_PIN_WORD(0, 1)), -ENOBUFS);
+		assert_int_equal(chunkd__pin_take(cl, &hint, CHUNKD_PIN_WORD(i, 1)), (int)i);
+	assert_int_equal(chunkd__pin_take(cl, &hint, CHUNKD_PIN_WORD(0, 1)), -ENOBUFS);
 	assert_int_equal(chunkd__pins_held(cl), CHUNKD_PINS_PER_CLIENT);
-	chunkd__pin_clear(&t, 17);
+	chunkd__pin_clear(cl, 17);
 	hint = 3;
-	assert_int_equal(chunkd__pin_take(&t, CHUNKD_PIN_WORD(9, 2)), 17);
+	assert_int_equal(chunkd__pin_take(cl, &hint, CHUNKD_PIN_WORD(9, 2)), 17);
 	assert_int_equal(hint, 18);
-	fixture_req_free(&req);
-}
-
-/* Light takes: plain stores in the own block first, then CAS only in the blocks of cas_mask. */
-static void test_take_light_blocks(void **state)
-{
-	struct chunkd_req_map req;
-	fixture_req(&req, 1);
-	struct chunkd_req_client *cl = chunkd__req_client(&req, 0);
-	uint32_t hint = 0;
-	struct chunkd_pin_taker t = {cl, req.hdr, &hint, 5, 0, 1};
-	for (uint32_t k = 0; k < CHUNKD_PIN_BLOCK; k++)
-		assert_int_equal(chunkd__pin_take(&t, CHUNKD_PIN_WORD(k, 1)), (int)(5 * 8 + k));
-	/* Own block full, no SHARED block: nothing, although 504 entries are free. */
-	assert_int_equal(chunkd__pin_take(&t, CHUNKD_PIN_WORD(99, 1)), -ENOBUFS);
-	/* Blocks 2 and 63 SHARED: CAS there, never anywhere else. */
-	t.cas_mask = 1ull << 2 | 1ull << 63;
-	for (uint32_t k = 0; k < 2 * CHUNKD_PIN_BLOCK; k++) {
-		int i = chunkd__pin_take(&t, CHUNKD_PIN_WORD(100 + k, 1));
-		assert_true(i >= 0);
-		assert_true(i / 8 == 2 || i / 8 == 63);
-	}
-	assert_int_equal(chunkd__pin_take(&t, CHUNKD_PIN_WORD(99, 1)), -ENOBUFS);
-	assert_int_equal(chunkd__pins_held(cl), 3 * CHUNKD_PIN_BLOCK);
-	/* A cleared entry of the own block is taken again by a plain store. */
-	chunkd__pin_clear(&t, 5 * 8 + 3);
-	assert_int_equal(cl->pins[5 * 8 + 3], 0);
-	assert_int_equal(chunkd__pin_take(&t, CHUNKD_PIN_WORD(7, 2)), 5 * 8 + 3);
-	assert_int_equal(cl->pins[5 * 8 + 3], CHUNKD_PIN_WORD(7, 2));
-	/* Release checks the word, light or not. */
-	assert_int_equal(chunkd__pin_release(NULL, &t, 5 * 8 + 3, CHUNKD_PIN_WORD(7, 3), 0), -ENOENT);
 	fixture_req_free(&req);
 }
 
@@ -123,12 +62,11 @@ static void test_count_matches_incarnation(void **state)
 	struct chunkd_req_client *b = chunkd__req_client(&req, 3);
 	a->ctl.owner = 1;
 	b->ctl.owner = 2;
-	struct chunkd_pin_taker ta = taker(&req, 0, &hint), tb = taker(&req, 3, &hint);
-	chunkd__pin_take(&ta, CHUNKD_PIN_WORD(7, 3));
-	chunkd__pin_take(&ta, CHUNKD_PIN_WORD(7, 3));
-	chunkd__pin_take(&tb, CHUNKD_PIN_WORD(7, 3));
-	chunkd__pin_take(&tb, CHUNKD_PIN_WORD(7, 4)); /* another incarnation */
-	chunkd__pin_take(&tb, CHUNKD_PIN_WORD(8, 3)); /* another slot */
+	chunkd__pin_take(a, &hint, CHUNKD_PIN_WORD(7, 3));
+	chunkd__pin_take(a, &hint, CHUNKD_PIN_WORD(7, 3));
+	chunkd__pin_take(b, &hint, CHUNKD_PIN_WORD(7, 3));
+	chunkd__pin_take(b, &hint, CHUNKD_PIN_WORD(7, 4)); /* another incarnation */
+	chunkd__pin_take(b, &hint, CHUNKD_PIN_WORD(8, 3)); /* another slot */
 	assert_int_equal(chunkd__pins_count(&req, 7, 3), 3);
 	assert_int_equal(chunkd__pins_count(&req, 7, 4), 1);
 	assert_int_equal(chunkd__pins_count(&req, 8, 3), 1);
@@ -151,7 +89,6 @@ static void daemon_side(struct chunkd_cat_map *cat, struct chunkd_req_map *req, 
 		for (uint64_t spin = fixture_rand(&seed) % 2000; spin; spin--)
 			chunkd__cpu_relax();
 		chunkd__store_seq_cst(gs, CHUNKD_GEN_STATE(gen, CHUNKD_SLOT_CONDEMNED));
-		daemon_fence();
 		while (chunkd__pins_count(req, SLOT, gen) != 0)
 			chunkd__cpu_relax();
 		/* "Delete the files": from now on nobody may hold a good pin on gen. */
@@ -165,21 +102,19 @@ static void daemon_side(struct chunkd_cat_map *cat, struct chunkd_req_map *req, 
 static void client_side(struct chunkd_cat_map *cat, struct chunkd_req_map *req, struct shared *sh,
 			int me)
 {
+	struct chunkd_req_client *cl = chunkd__req_client(req, (uint32_t)me);
 	const uint64_t *gs = &cat->states[SLOT];
 	uint32_t hint = (uint32_t)me * 7;
-	struct chunkd_pin_taker t = taker(req, (uint32_t)me, &hint);
 	uint64_t held = 0, bad = 0;
 	while (!chunkd__load_acquire(&sh->stop)) {
 		/* The "look-up": a possibly stale candidate generation. */
 		uint64_t seen = chunkd__load_relaxed(gs);
 		uint32_t gen = CHUNKD_GS_GEN(seen);
-		int pi = chunkd__pin_take(&t, CHUNKD_PIN_WORD(SLOT, gen));
+		int pi = chunkd__pin_take(cl, &hint, CHUNKD_PIN_WORD(SLOT, gen));
 		if (pi < 0) {
 			bad++;
 			break;
 		}
-		/* seq_cst: after a CAS the Dekker load; after a light store it is the daemon's
-		 * membarrier that orders it. */
 		if (chunkd__load_seq_cst(gs) == CHUNKD_GEN_STATE(gen, CHUNKD_SLOT_PUBLISHED)) {
 			held++;
 			/* While the pin is held the daemon must not delete gen. */
@@ -187,7 +122,7 @@ static void client_side(struct chunkd_cat_map *cat, struct chunkd_req_map *req, 
 				if (chunkd__load_seq_cst(&sh->deleted_gen) >= gen)
 					bad++;
 		}
-		chunkd__pin_clear(&t, (uint32_t)pi);
+		chunkd__pin_clear(cl, (uint32_t)pi);
 	}
 	sh->held[me] = held;
 	sh->violations[me] = bad;
@@ -213,7 +148,6 @@ typedef void (*client_fn)(struct chunkd_cat_map *, struct chunkd_req_map *, stru
 /* The race with every client in a process of its own. */
 static void race_processes(daemon_fn daemon, client_fn client)
 {
-	skip_unless_runnable();
 	struct chunkd_cat_map cat;
 	struct chunkd_req_map req;
 	fixture_cat(&cat, 8);
@@ -229,8 +163,6 @@ static void race_processes(daemon_fn daemon, client_fn client)
 		pids[i] = fork();
 		assert_true(pids[i] >= 0);
 		if (pids[i] == 0) {
-			if (light && chunkd__pins_register() != 0)
-				_exit(3);
 			client(&cat, &req, sh, i);
 			_exit(0);
 		}
@@ -268,7 +200,6 @@ static void *client_thread(void *p)
 
 static void test_race_threads(void **state)
 {
-	skip_unless_runnable();
 	struct chunkd_cat_map cat;
 	struct chunkd_req_map req;
 	fixture_cat(&cat, 8);
@@ -277,8 +208,6 @@ static void test_race_threads(void **state)
 		chunkd__req_client(&req, (uint32_t)i)->ctl.owner = (uint64_t)i + 1;
 	static struct shared sh;
 	memset(&sh, 0, sizeof(sh));
-	if (light)
-		assert_int_equal(chunkd__pins_register(), 0);
 	pthread_t tids[NCLIENTS];
 	struct targ args[NCLIENTS];
 	for (int i = 0; i < NCLIENTS; i++) {
@@ -328,7 +257,6 @@ static void index_daemon_side(struct chunkd_cat_map *cat, struct chunkd_req_map 
 		if (!bad_order)
 			publish_one(cat, gen, 0);
 		chunkd__store_seq_cst(gs, CHUNKD_GEN_STATE(gen, CHUNKD_SLOT_CONDEMNED));
-		daemon_fence();
 		/* Like the daemon, rescan only when the doorbell rings: a client that releases a pin
 		 * the scan saw must ring it (the release fast path may skip the ring only when the
 		 * daemon cannot be waiting). A release that does not ring is a missed wake-up. */
@@ -343,7 +271,6 @@ static void index_daemon_side(struct chunkd_cat_map *cat, struct chunkd_req_map 
 				chunkd__cpu_relax();
 			}
 			bell = chunkd__load_seq_cst(&req->hdr->doorbell);
-			daemon_fence();
 		}
 		chunkd__store_seq_cst(&sh->deleted_gen, gen);
 		if (bad_order) {
@@ -360,13 +287,13 @@ static void index_daemon_side(struct chunkd_cat_map *cat, struct chunkd_req_map 
 static void index_client_side(struct chunkd_cat_map *cat, struct chunkd_req_map *req,
 			      struct shared *sh, int me)
 {
+	struct chunkd_req_client *cl = chunkd__req_client(req, (uint32_t)me);
 	uint32_t hint = (uint32_t)me * 7;
-	struct chunkd_pin_taker t = taker(req, (uint32_t)me, &hint);
 	uint64_t held = 0, bad = 0;
 	while (!chunkd__load_acquire(&sh->stop)) {
 		struct chunkd_idx_range e;
 		uint64_t flips;
-		int pi = chunkd__pin_find(cat, &t, RACE_DS, 150, &e, &flips);
+		int pi = chunkd__pin_find(cat, cl, req->hdr, &hint, RACE_DS, 150, &e, &flips);
 		if (pi == -ENOENT || pi == -EAGAIN)
 			continue;
 		if (pi < 0 || e.slot != SLOT || e.id[0] != e.gen) {
@@ -378,8 +305,8 @@ static void index_client_side(struct chunkd_cat_map *cat, struct chunkd_req_map 
 		for (int k = 0; k < 50; k++)
 			if (chunkd__load_seq_cst(&sh->deleted_gen) >= e.gen)
 				bad++;
-		if (chunkd__pin_release(cat, &t, (uint32_t)pi, CHUNKD_PIN_WORD(e.slot, e.gen),
-					flips) != 0)
+		if (chunkd__pin_release(cat, cl, req->hdr, (uint32_t)pi,
+					CHUNKD_PIN_WORD(e.slot, e.gen), flips) != 0)
 			bad++;
 	}
 	sh->held[me] = held;
@@ -391,31 +318,14 @@ static void test_race_find_processes(void **state)
 	race_processes(index_daemon_side, index_client_side);
 }
 
-static int seq_cst_pins(void **state)
-{
-	light = 0;
-	return 0;
-}
-
-/* Light runs need membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED); skipped (not passed) without. */
-static int light_pins(void **state)
-{
-	light = chunkd__pins_register() == 0 && chunkd__pins_fence() == 0 ? 1 : -1;
-	return 0;
-}
-
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test_setup(test_take_clear_full, seq_cst_pins),
-		cmocka_unit_test(test_take_light_blocks),
-		cmocka_unit_test_setup(test_count_matches_incarnation, seq_cst_pins),
-		cmocka_unit_test_setup(test_race_processes, seq_cst_pins),
-		cmocka_unit_test_setup(test_race_threads, seq_cst_pins),
-		cmocka_unit_test_setup(test_race_find_processes, seq_cst_pins),
-		cmocka_unit_test_setup(test_race_processes, light_pins),
-		cmocka_unit_test_setup(test_race_threads, light_pins),
-		cmocka_unit_test_setup(test_race_find_processes, light_pins),
+		cmocka_unit_test(test_take_clear_full),
+		cmocka_unit_test(test_count_matches_incarnation),
+		cmocka_unit_test(test_race_processes),
+		cmocka_unit_test(test_race_threads),
+		cmocka_unit_test(test_race_find_processes),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
