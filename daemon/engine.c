@@ -171,6 +171,7 @@ struct engine {
 	uint64_t rng;
 	int more_intake;
 	int pins_dirty;
+	uint64_t pins_retry_ms; /* a failed pin scan is retried by this time (0 = none due) */
 	int quiescing;
 	struct http_state *http;
 	/* The request journal and its group commit. */
@@ -1906,6 +1907,9 @@ static void start_trash(struct engine *e, struct job *j)
 	io_uring_submit(&e->l->ring); /* rel lives on this stack frame */
 }
 
+/* A pin scan that could not allocate its snapshot is tried again after this long. */
+#define PINS_RETRY_MS 100
+
 /* Start removing condemned chunks that no pin holds any more. */
 static void check_condemned(struct engine *e)
 {
@@ -1917,7 +1921,10 @@ static void check_condemned(struct engine *e)
 	size_t n;
 	uint64_t *pins = pins_snapshot(e, &n);
 	if (n == SIZE_MAX) {
+		/* Out of memory: keep everything, and look again shortly (chunkd__engine_run's
+		 * deadline), not only when some unrelated event wakes the loop. */
 		e->pins_dirty = 1;
+		e->pins_retry_ms = chunkd__mono_ms() + PINS_RETRY_MS;
 		return;
 	}
 	struct job **pp = &e->condemned;
@@ -2098,7 +2105,10 @@ uint64_t chunkd__engine_run(struct engine *e)
 		if (e->more_intake)
 			deadline = now;
 	}
+	e->pins_retry_ms = 0;
 	check_condemned(e);
+	if (e->pins_retry_ms && e->pins_retry_ms < deadline)
+		deadline = e->pins_retry_ms;
 	/* Deletes of undesired data go first: no new download starts while a removal runs. */
 	while (!e->quiescing && e->deleting == 0 && e->queue_head &&
 	       e->running_jobs < e->cfg.chunks_in_flight) {
