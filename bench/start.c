@@ -47,7 +47,8 @@ static const char usage[] =
     "                            it is, the median of the others is the warm figure\n"
     "  -m, --max-chunks N        passed to chunkd (default 131072)\n"
     "  -e, --expect-chunks N     fail unless the daemon publishes exactly N chunks\n"
-    "  -w, --wait-ms MS          deadline per start and per stop (default 60000)\n"
+    "  -w, --wait-ms MS          deadline per start and per stop (default 300000; a cold\n"
+    "                            page cache can make the first start take a minute)\n"
     "  -T, --target-ms MS        target for the warm median (default 1000)\n"
     "  -p, --poll-us US          interval between two chunkd_info() polls (default 1000); the\n"
     "                            daemon's log line wakes the poller at once\n"
@@ -325,7 +326,7 @@ int main(int argc, char **argv)
 	};
 	const char *data_dir = NULL, *chunkd = NULL, *name = NULL, *journal = NULL;
 	uint64_t target_rate = 1000000;
-	uint64_t runs = 5, max_chunks = 131072, expect = 0, wait_ms = 60000, target_ms = 1000;
+	uint64_t runs = 5, max_chunks = 131072, expect = 0, wait_ms = 300000, target_ms = 1000;
 	uint64_t poll_us = 1000;
 	int strict = 0, c;
 	char defname[64], defbin[PATH_MAX + 16];
