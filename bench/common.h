@@ -14,11 +14,12 @@
 /* CLOCK_MONOTONIC in nanoseconds. */
 uint64_t bench_now_ns(void);
 
-/* Median of n values (n >= 1); v is reordered. For an even n, the mean of the middle two. */
 /* Parse a decimal option value in [min, max] into *out; on error print "PROG: OPT: 'S' is not a
  * number in [MIN, MAX]" to stderr and return -1. */
 int bench_parse_num(const char *opt, const char *s, uint64_t min, uint64_t max, uint64_t *out);
 
+/* Median of n values (n >= 1); v is reordered (sorted). For an even n, the mean of the middle
+ * two. */
 double bench_median(double *v, size_t n);
 
 /* Smallest and largest of n values (n >= 1). */

@@ -53,7 +53,8 @@ static const char usage[] =
     "  -n, --name NAME       chunkd instance (default: $CHUNKD_NAME, else \"default\")\n"
     "  -d, --data-dir DIR    data dir to build the reference from (default: the daemon's)\n"
     "  -q, --queries N       queries per pass (default 1000000)\n"
-    "  -r, --reps N          timed passes per method; the table shows the median (default 11)\n"
+    "  -r, --reps N          timed passes per method, each after an untimed warm-up over a\n"
+    "                        fifth of the queries; the table shows the median (default 11)\n"
     "  -s, --seed N          query sequence seed (default 1)\n"
     "  -w, --wait-ms MS      deadline for the daemon to become READY (default 120000)\n"
     "  -t, --tmp DIR         where to create the LMDB environment (default: $TMPDIR or /tmp)\n"
@@ -958,16 +959,16 @@ int main(int argc, char **argv)
 	double *pr = calloc(reps, sizeof(double));
 	if (!pr)
 		die("out of memory");
+	double rq1 = 0, rq3 = 0;
 	for (int m = 0; m < M_COUNT; m++) {
 		for (uint64_t rep = 0; rep < reps; rep++)
 			pr[rep] = ns[m][rep] / ns[M_REF][rep];
 		rel[m] = bench_median(pr, reps);
+		if (m == M_CHUNKD) { /* how much it moved between repetitions (pr is sorted now) */
+			rq1 = pr[reps / 4];
+			rq3 = pr[(3 * reps) / 4];
+		}
 	}
-	/* How much the chunkd ratio moved between repetitions: its quartiles (pr sorted). */
-	for (uint64_t rep = 0; rep < reps; rep++)
-		pr[rep] = ns[M_CHUNKD][rep] / ns[M_REF][rep];
-	bench_median(pr, reps);
-	double rq1 = pr[reps / 4], rq3 = pr[(3 * reps) / 4];
 	for (uint64_t rep = 0; rep < reps; rep++)
 		pr[rep] = ns[M_LMDB_TXN][rep] / ns[M_CHUNKD][rep];
 	double speedup = bench_median(pr, reps);

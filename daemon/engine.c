@@ -171,7 +171,6 @@ struct engine {
 	uint64_t rng;
 	int more_intake;
 	int pins_dirty;
-	uint64_t pins_retry_ms; /* a failed pin scan is retried by this time (0 = none due) */
 	int quiescing;
 	struct http_state *http;
 	/* The request journal and its group commit. */
@@ -1203,6 +1202,20 @@ _Static_assert(CHUNKD_MAX_FILES <= 64, "write_resume() keeps a bit per file in a
 _Static_assert(sizeof(((struct xfer *)0)->validator) + 64 < RESUME_REC - RESUME_CHECK,
 	       "a record's fields and longest validator fit its body");
 
+/* The job's resume file name in staging/: "<tmpname>.resume". */
+#define RESUME_NAME_LEN (sizeof(((struct job *)0)->tmpname) + 16)
+static void resume_name(const struct job *j, char out[RESUME_NAME_LEN])
+{
+	snprintf(out, RESUME_NAME_LEN, "%s.resume", j->tmpname);
+}
+
+/* A record's check, " <crc32c of its body>\n" (RESUME_CHECK bytes and a NUL), into out. */
+static void resume_check(const char *rec, char out[RESUME_CHECK + 1])
+{
+	uint32_t crc = chunkd__crc32c(0, rec, RESUME_REC - RESUME_CHECK);
+	snprintf(out, RESUME_CHECK + 1, " %08x\n", crc);
+}
+
 static void resume_close(struct job *j)
 {
 	if (j->resume_fd >= 0)
@@ -1215,9 +1228,9 @@ static void resume_close(struct job *j)
 /* Close the job's resume file and remove it from staging/. */
 static void resume_remove(struct engine *e, struct job *j)
 {
-	char name[sizeof(j->tmpname) + 16];
+	char name[RESUME_NAME_LEN];
 	resume_close(j);
-	snprintf(name, sizeof(name), "%s.resume", j->tmpname);
+	resume_name(j, name);
 	unlinkat(e->staging_fd, name, 0);
 }
 
@@ -1239,7 +1252,7 @@ static char resume_format(const struct xfer *x, uint32_t i, char *rec)
 	assert(n > 0 && (size_t)n < body); /* validator < 160 bytes */
 	memset(rec + n, ' ', body - (size_t)n);
 	char check[RESUME_CHECK + 1];
-	snprintf(check, sizeof(check), " %08x\n", chunkd__crc32c(0, rec, body));
+	resume_check(rec, check);
 	memcpy(rec + body, check, RESUME_CHECK);
 	return kind;
 }
@@ -1254,8 +1267,8 @@ static void write_resume(struct engine *e, struct job *j)
 		if (resume_format(&j->x[i], i, j->resume_buf + (size_t)i * RESUME_REC) != '-')
 			recorded |= 1ull << i;
 	if (j->resume_fd < 0) {
-		char name[sizeof(j->tmpname) + 16];
-		snprintf(name, sizeof(name), "%s.resume", j->tmpname);
+		char name[RESUME_NAME_LEN];
+		resume_name(j, name);
 		/* No O_TRUNC: every write covers all records; bytes after them are ignored. */
 		j->resume_fd = openat(e->staging_fd, name, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
 		if (j->resume_fd < 0)
@@ -1275,9 +1288,9 @@ static void write_resume(struct engine *e, struct job *j)
  * start over. */
 static void read_resume(struct engine *e, struct job *j)
 {
-	char name[sizeof(j->tmpname) + 16];
+	char name[RESUME_NAME_LEN];
 	size_t len = (size_t)j->dl->nfiles * RESUME_REC;
-	snprintf(name, sizeof(name), "%s.resume", j->tmpname);
+	resume_name(j, name);
 	int fd = openat(e->staging_fd, name, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
 		return;
@@ -1287,8 +1300,7 @@ static void read_resume(struct engine *e, struct job *j)
 	for (uint32_t i = 0; n > 0 && i < (uint32_t)n / RESUME_REC; i++) {
 		char *rec = buf + (size_t)i * RESUME_REC, *body_end = rec + RESUME_REC - RESUME_CHECK;
 		char check[RESUME_CHECK + 1];
-		snprintf(check, sizeof(check), " %08x\n",
-			 chunkd__crc32c(0, rec, RESUME_REC - RESUME_CHECK));
+		resume_check(rec, check);
 		if (memcmp(body_end, check, RESUME_CHECK) != 0)
 			continue; /* torn, or not this format */
 		*body_end = '\0';
@@ -1910,22 +1922,22 @@ static void start_trash(struct engine *e, struct job *j)
 /* A pin scan that could not allocate its snapshot is tried again after this long. */
 #define PINS_RETRY_MS 100
 
-/* Start removing condemned chunks that no pin holds any more. */
-static void check_condemned(struct engine *e)
+/* Start removing condemned chunks that no pin holds any more. Returns when to scan again
+ * regardless of wake-ups (a scan that ran out of memory), else UINT64_MAX. */
+static uint64_t check_condemned(struct engine *e)
 {
 	if (!e->pins_dirty || !e->condemned)
-		return;
+		return UINT64_MAX;
 	e->pins_dirty = 0;
 	/* The condemned slots' states[] must say so before the scan (catalog.h). */
 	chunkd__catalog_settle(e->cat);
 	size_t n;
 	uint64_t *pins = pins_snapshot(e, &n);
 	if (n == SIZE_MAX) {
-		/* Out of memory: keep everything, and look again shortly (chunkd__engine_run's
-		 * deadline), not only when some unrelated event wakes the loop. */
+		/* Out of memory: keep everything, and look again shortly, not only when some
+		 * unrelated event wakes the loop. */
 		e->pins_dirty = 1;
-		e->pins_retry_ms = chunkd__mono_ms() + PINS_RETRY_MS;
-		return;
+		return chunkd__mono_ms() + PINS_RETRY_MS;
 	}
 	struct job **pp = &e->condemned;
 	while (*pp) {
@@ -1940,6 +1952,7 @@ static void check_condemned(struct engine *e)
 		start_trash(e, j);
 	}
 	free(pins);
+	return UINT64_MAX;
 }
 
 static void condemned_add(struct engine *e, struct job *j)
@@ -2105,10 +2118,9 @@ uint64_t chunkd__engine_run(struct engine *e)
 		if (e->more_intake)
 			deadline = now;
 	}
-	e->pins_retry_ms = 0;
-	check_condemned(e);
-	if (e->pins_retry_ms && e->pins_retry_ms < deadline)
-		deadline = e->pins_retry_ms;
+	uint64_t rescan = check_condemned(e);
+	if (rescan < deadline)
+		deadline = rescan;
 	/* Deletes of undesired data go first: no new download starts while a removal runs. */
 	while (!e->quiescing && e->deleting == 0 && e->queue_head &&
 	       e->running_jobs < e->cfg.chunks_in_flight) {

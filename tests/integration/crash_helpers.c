@@ -165,25 +165,20 @@ void cr_staging_path(char *out, size_t len, const char *data_dir, const chunkd_i
 	snprintf(out, len, "%s/staging/%s%s", data_dir, hex, suffix);
 }
 
-/* CRC-32C bit by bit: independent of the daemon's table and SSE4.2 code it checks. */
-static uint32_t crc32c_bitwise(const void *buf, size_t len)
+/* A record's check, " <crc32c of its body>\n", computed with the harness's own CRC-32C
+ * (independent of the daemon's table and SSE4.2 code it checks). */
+#define CR_RESUME_BODY (CR_RESUME_REC - 10)
+static void resume_check(const char *rec, char check[16])
 {
-	const uint8_t *p = buf;
-	uint32_t crc = 0xffffffffu;
-	while (len--) {
-		crc ^= *p++;
-		for (int k = 0; k < 8; k++)
-			crc = (crc >> 1) ^ (0x82f63b78u & (0u - (crc & 1)));
-	}
-	return ~crc;
+	snprintf(check, 16, " %08x\n", th_crc32c(0, rec, CR_RESUME_BODY));
 }
 
 int cr_resume_parse(const char *rec, uint32_t idx, struct cr_resume *r)
 {
 	char body[CR_RESUME_REC], check[16];
+	size_t blen = CR_RESUME_BODY;
 	memset(r, 0, sizeof(*r));
-	size_t blen = CR_RESUME_REC - 10; /* " %08x\n" follows the body */
-	snprintf(check, sizeof(check), " %08x\n", crc32c_bitwise(rec, blen));
+	resume_check(rec, check);
 	if (memcmp(rec + blen, check, 10) != 0)
 		return -EBADMSG;
 	memcpy(body, rec, blen);
@@ -209,12 +204,12 @@ int cr_resume_parse(const char *rec, uint32_t idx, struct cr_resume *r)
 void cr_resume_format(char *rec, uint32_t idx, uint64_t bytes, uint32_t crc, char kind,
 		      const char *validator)
 {
-	size_t blen = CR_RESUME_REC - 10;
+	size_t blen = CR_RESUME_BODY;
 	char check[16];
 	int n = snprintf(rec, blen + 1, "%u %llu %08x %c %s", idx, (unsigned long long)bytes, crc,
 			 kind, validator && *validator ? validator : "-");
 	memset(rec + n, ' ', blen - (size_t)n);
-	snprintf(check, sizeof(check), " %08x\n", crc32c_bitwise(rec, blen));
+	resume_check(rec, check);
 	memcpy(rec + blen, check, 10);
 }
 
