@@ -2228,91 +2228,33 @@ static void on_commit(struct loop *l, struct op *op, int res, uint32_t flags)
 	release_heads(e, e->head_commit, e->gen_commit);
 }
 
-/* Compaction keeps one record per id, the last: the records of earlier requests that joined a
- * running download are dropped, and a restart would not know to answer their tickets. Journal
- * them again (all of a job's waiters, in order, so the last stays the live one) and make that
- * durable before anything else happens. */
-static int rejournal_joined(struct engine *e)
+/*
+ * Compaction's keep function (chunkd__journal_set_keep): a superseded record stays while its
+ * request still waits for its result, i.e. it names a waiter of the job of its id. After the
+ * results of everything durable are delivered (compact() below), the only such requests are
+ * downloads that joined a running download of the same chunk: dropped, a restart would not know
+ * to answer their tickets (test_durable f).
+ */
+static int keep_unanswered(const struct chunkd_jrec *r, void *arg)
 {
-	int n = 0;
-	for (uint32_t s = 0; s < e->cat->cap; s++) {
-		struct job *j = e->jobs[s];
-		if (!j || j->dead || !j->want_present || !j->dl || j->nwaiters < 2)
-			continue;
-		struct chunkd_dl *d = e->dl_scratch;
-		memcpy(d->id, j->dl->id, sizeof(d->id));
-		memcpy(d->dataset, j->dl->dataset, sizeof(d->dataset));
-		d->first_block = j->dl->first_block;
-		d->end_block = j->dl->end_block;
-		d->nfiles = j->dl->nfiles;
-		for (uint32_t i = 0; i < d->nfiles; i++) {
-			snprintf(d->files[i].name, sizeof(d->files[i].name), "%s", j->dl->files[i].name);
-			snprintf(d->files[i].url, sizeof(d->files[i].url), "%s", j->dl->files[i].url);
-		}
-		for (uint32_t w = 0; w < j->nwaiters; w++) {
-			d->ticket = j->waiters[w].ticket;
-			journal_request(e, CHUNKD_JREC_DOWNLOAD, j->waiters[w].client,
-					j->waiters[w].owner, j->waiters[w].ticket, d->id, d);
-			n++;
-		}
-	}
-	return n ? chunkd__journal_sync(e->jr) : 0;
+	struct engine *e = arg;
+	if (r->type != CHUNKD_JREC_DOWNLOAD)
+		return 0;
+	int slot = chunkd__catalog_lookup(e->cat, r->id);
+	struct job *j = slot >= 0 ? e->jobs[slot] : NULL;
+	if (!j || j->dead || !j->want_present)
+		return 0;
+	for (uint32_t w = 0; w < j->nwaiters; w++)
+		if (j->waiters[w].client == r->client && j->waiters[w].owner == r->owner &&
+		    j->waiters[w].ticket == r->ticket)
+			return 1;
+	return 0;
 }
 
-/* Group commit: everything journaled in this iteration is written and fdatasynced together,
- * through io_uring, one commit in flight at a time. */
-static void commit(struct engine *e)
+/* Post every result whose request is durable: the ticket entries, then one cq_seq bump and
+ * FUTEX_WAKE per client woken. Results of requests not yet durable stay queued. */
+static void deliver_posts(struct engine *e)
 {
-	const void *buf;
-	size_t len;
-	uint64_t off;
-	if (e->commit_inflight || e->fatal || chunkd__journal_pending(e->jr, &buf, &len, &off) < 0)
-		return;
-	if (len == 0) {
-		/* Nothing waits for the disk: the rings' read positions are final already. */
-		release_heads(e, NULL, NULL);
-		return;
-	}
-	if (chunkd__journal_should_compact(e->jr)) {
-		/* Synchronous: compaction first makes everything pending durable. */
-		int r = chunkd__journal_compact(e->jr);
-		if (r < 0) {
-			log_error("journal: compaction failed: %s", strerror(-r));
-			if (r != -EBUSY && r != -ENOMEM && r != -EIO)
-				e->fatal = 1;
-		} else {
-			struct chunkd_journal_stats st;
-			if (rejournal_joined(e) < 0) {
-				log_error("journal: cannot rewrite joined requests after compaction");
-				e->fatal = 1;
-			}
-			chunkd__journal_stats(e->jr, &st);
-			log_info("journal: compacted to %llu live records, %llu bytes",
-				 (unsigned long long)st.live_records, (unsigned long long)st.file_bytes);
-			release_heads(e, NULL, NULL);
-			return;
-		}
-	}
-	if (chunkd__journal_begin_commit(e->jr) < 0)
-		return;
-	memcpy(e->head_commit, e->head, sizeof(*e->head) * e->nclients);
-	memcpy(e->gen_commit, e->ring_gen, sizeof(*e->ring_gen) * e->nclients);
-	e->commit_op.fn = on_commit;
-	e->commit_res = 0;
-	int fd = chunkd__journal_fd(e->jr);
-	struct io_uring_sqe *sqe = chunkd__loop_sqe(e->l, &e->commit_op);
-	io_uring_prep_write(sqe, fd, buf, (unsigned)len, off);
-	sqe->flags |= IOSQE_IO_LINK;
-	sqe = chunkd__loop_sqe(e->l, &e->commit_op);
-	io_uring_prep_fsync(sqe, fd, IORING_FSYNC_DATASYNC);
-	e->commit_inflight = 2;
-}
-
-void chunkd__engine_flush(struct engine *e)
-{
-	/* Publish first: a result says "findable" or "unfindable" only once the index does. */
-	chunkd__catalog_flush(e->cat);
-	commit(e);
 	uint64_t durable = chunkd__journal_durable_seq(e->jr);
 	uint32_t keep = 0;
 	for (uint32_t i = 0; i < e->nposts; i++) {
@@ -2347,6 +2289,80 @@ void chunkd__engine_flush(struct engine *e)
 		chunkd__fetch_add(&cl->d.cq_seq, 1, __ATOMIC_RELEASE);
 		syscall(SYS_futex, &cl->d.cq_seq, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
 	}
+}
+
+/*
+ * Compaction drops superseded records. That is safe only for requests whose tickets are
+ * answered: make everything pending durable, deliver the results that were waiting for it, and
+ * only then rewrite the file, keeping the records of requests still waiting (keep_unanswered).
+ * Compacting first left a window, the rename and the directory's fsync, in which a kill lost
+ * the tickets of requests that a later record of the same id superseded in that very commit;
+ * and journaling the joined downloads again after the compaction left one until that sync.
+ * Synchronous, like the compaction itself. 0, or the commit's error (e->fatal is set).
+ */
+static int compact(struct engine *e)
+{
+	int r = chunkd__journal_sync(e->jr);
+	if (r < 0) {
+		log_error("journal: commit failed: %s; stopping", strerror(-r));
+		e->fatal = 1;
+		return r;
+	}
+	release_heads(e, NULL, NULL);
+	deliver_posts(e);
+	r = chunkd__journal_compact(e->jr);
+	if (r < 0) {
+		log_error("journal: compaction failed: %s", strerror(-r));
+		if (r != -EBUSY && r != -ENOMEM && r != -EIO)
+			e->fatal = 1;
+		return 0; /* the records are durable; compaction is tried again later */
+	}
+	struct chunkd_journal_stats st;
+	chunkd__journal_stats(e->jr, &st);
+	log_info("journal: compacted to %llu live records, %llu bytes",
+		 (unsigned long long)st.live_records, (unsigned long long)st.file_bytes);
+	return 0;
+}
+
+/* Group commit: everything journaled in this iteration is written and fdatasynced together,
+ * through io_uring, one commit in flight at a time. */
+static void commit(struct engine *e)
+{
+	const void *buf;
+	size_t len;
+	uint64_t off;
+	if (e->commit_inflight || e->fatal || chunkd__journal_pending(e->jr, &buf, &len, &off) < 0)
+		return;
+	if (len == 0) {
+		/* Nothing waits for the disk: the rings' read positions are final already. */
+		release_heads(e, NULL, NULL);
+		return;
+	}
+	if (chunkd__journal_should_compact(e->jr)) {
+		compact(e);
+		return;
+	}
+	if (chunkd__journal_begin_commit(e->jr) < 0)
+		return;
+	memcpy(e->head_commit, e->head, sizeof(*e->head) * e->nclients);
+	memcpy(e->gen_commit, e->ring_gen, sizeof(*e->ring_gen) * e->nclients);
+	e->commit_op.fn = on_commit;
+	e->commit_res = 0;
+	int fd = chunkd__journal_fd(e->jr);
+	struct io_uring_sqe *sqe = chunkd__loop_sqe(e->l, &e->commit_op);
+	io_uring_prep_write(sqe, fd, buf, (unsigned)len, off);
+	sqe->flags |= IOSQE_IO_LINK;
+	sqe = chunkd__loop_sqe(e->l, &e->commit_op);
+	io_uring_prep_fsync(sqe, fd, IORING_FSYNC_DATASYNC);
+	e->commit_inflight = 2;
+}
+
+void chunkd__engine_flush(struct engine *e)
+{
+	/* Publish first: a result says "findable" or "unfindable" only once the index does. */
+	chunkd__catalog_flush(e->cat);
+	commit(e);
+	deliver_posts(e);
 	bury(e);
 }
 
@@ -2778,6 +2794,7 @@ int chunkd__engine_start(struct engine *e, struct loop *l)
 			  js.why[0] ? ": " : "", js.why);
 		return e->replay_result;
 	}
+	chunkd__journal_set_keep(e->jr, keep_unanswered, e);
 	/* The published chunks' ranges take part in the overlap check. */
 	for (uint32_t i = 0; i < e->cat->npub; i++) {
 		const struct chunkd_idx_entry *p = &e->cat->pub[i];
@@ -2811,13 +2828,19 @@ int chunkd__engine_start(struct engine *e, struct loop *l)
 		 (unsigned long long)js.records, (unsigned long long)js.live_records,
 		 (double)js.replay_ns / 1e6);
 	/* Deletes without a replay entry, in journal order: a later record of the same id made
-	 * one, and it decides; a chunk that is here is deleted; a chunk that is gone only has its
-	 * record forgotten (and its requester answered, if still attached). */
+	 * one (a download: replay_cb folds deletes after an entry into it), and it decides, while
+	 * the delete reached its goal before that download, as replay_cb answers the deletes it
+	 * folds; a chunk that is here is deleted; a chunk that is gone only has its record
+	 * forgotten (and its requester answered, if still attached). */
 	uint32_t keep = 0;
 	for (uint32_t i = 0; i < e->nabsent; i++) {
 		const struct absent *a = &e->absent[i];
-		if (rp_find(e, a->id))
+		if (rp_find(e, a->id)) {
+			/* Its ticket may never have been answered: a daemon killed between a commit
+			 * and the posting of its results (test_durable h). */
+			post(e, a->client, a->owner, a->ticket, 0);
 			continue;
+		}
 		if (chunkd__catalog_lookup(e->cat, a->id) >= 0) {
 			on_delete(e, a->id, a->ticket, a->client, a->owner);
 			continue;

@@ -125,6 +125,11 @@ struct chunkd_journal {
 	uint64_t live_bytes;
 
 	uint64_t floor;
+	/* Superseded records the last compaction kept (chunkd__journal_set_keep): bytes that the
+	 * next compaction will probably keep too, so should_compact counts them as live. */
+	uint64_t kept_bytes;
+	chunkd_journal_keep_fn keep;
+	void *keep_arg;
 	struct chunkd_journal_stats open_st;
 	int (*hook)(int point, void *arg);
 	void *hook_arg;
@@ -1165,7 +1170,7 @@ uint64_t chunkd__journal_durable_seq(const struct chunkd_journal *j)
 int chunkd__journal_should_compact(const struct chunkd_journal *j)
 {
 	uint64_t size = logical_end(j);
-	return size > j->floor && size > 2 * (JHDR_LEN + j->live_bytes);
+	return size > j->floor && size > 2 * (JHDR_LEN + j->live_bytes + j->kept_bytes);
 }
 
 void chunkd__journal_set_compact_floor(struct chunkd_journal *j, uint64_t bytes)
@@ -1173,12 +1178,36 @@ void chunkd__journal_set_compact_floor(struct chunkd_journal *j, uint64_t bytes)
 	j->floor = bytes;
 }
 
+void chunkd__journal_set_keep(struct chunkd_journal *j, chunkd_journal_keep_fn keep, void *arg)
+{
+	j->keep = keep;
+	j->keep_arg = arg;
+}
+
+/* Whether compaction keeps the superseded record at p: the caller's keep function says so. */
+static int keep_superseded(const struct chunkd_journal *j, const uint8_t *p)
+{
+	if (!j->keep)
+		return 0;
+	struct chunkd_jrec r = {.type = p[R_TYPE],
+				.ts_ns = get64(p + R_TS),
+				.client = get32(p + R_CLIENT),
+				.owner = get64(p + R_OWNER),
+				.ticket = get64(p + R_TICKET),
+				.dl = NULL};
+	memcpy(r.id, p + R_ID, 32);
+	return j->keep(&r, j->keep_arg) != 0;
+}
+
 /*
  * Copy the live records of the (synced) journal into tfd, in file order, by one sequential scan:
- * a record is live iff the index points at its offset. Each record's CRC is checked again, since
- * the copy is what survives. new_off[i] receives the new offset of ents[i]; *end the new size.
+ * a record is live iff the index points at its offset. A superseded record is copied too when
+ * the keep function asks for it (it stays before its id's live record: file order). Each copied
+ * record's CRC is checked again, since the copy is what survives. new_off[i] receives the new
+ * offset of ents[i]; *end the new size; *kept the bytes of kept superseded records.
  */
-static int copy_live(struct chunkd_journal *j, int tfd, uint64_t *new_off, uint64_t *end)
+static int copy_live(struct chunkd_journal *j, int tfd, uint64_t *new_off, uint64_t *end,
+		     uint64_t *kept)
 {
 	struct reader rd = {.fd = j->fd, .base = JHDR_LEN, .size = j->durable_end};
 	uint8_t *obuf = malloc(WRITE_BLOCK);
@@ -1211,7 +1240,8 @@ static int copy_live(struct chunkd_journal *j, int tfd, uint64_t *new_off, uint6
 		uint64_t id[4];
 		memcpy(id, p + R_ID, 32);
 		int64_t i = tab_find(j, id, id_hash(id), NULL);
-		if (i >= 0 && j->ents[SLOT_IDX(j->tab[i])].off == off) {
+		int live = i >= 0 && j->ents[SLOT_IDX(j->tab[i])].off == off;
+		if (live || keep_superseded(j, p)) {
 			if (get32(p + R_CRC) != chunkd__crc32c(0, p + 4, len - 4)) {
 				rc = -EIO;
 				goto out;
@@ -1226,9 +1256,13 @@ static int copy_live(struct chunkd_journal *j, int tfd, uint64_t *new_off, uint6
 				olen = 0;
 			}
 			memcpy(obuf + olen, p, len);
-			new_off[SLOT_IDX(j->tab[i])] = obase + olen;
+			if (live) {
+				new_off[SLOT_IDX(j->tab[i])] = obase + olen;
+				copied++;
+			} else {
+				*kept += len;
+			}
 			olen += len;
-			copied++;
 		}
 		rd.lo += len;
 		off += len;
@@ -1274,8 +1308,8 @@ int chunkd__journal_compact(struct chunkd_journal *j)
 		rc = -errno;
 		goto err_free;
 	}
-	uint64_t end = 0;
-	rc = copy_live(j, tfd, new_off, &end);
+	uint64_t end = 0, kept = 0;
+	rc = copy_live(j, tfd, new_off, &end, &kept);
 	if (rc)
 		goto err_tmp;
 	/* The new file's bytes must be on disk before its name can replace the old journal. */
@@ -1297,6 +1331,7 @@ int chunkd__journal_compact(struct chunkd_journal *j)
 	close(j->fd);
 	j->fd = tfd;
 	j->durable_end = end;
+	j->kept_bytes = kept;
 	for (uint32_t i = 0; i < j->nents; i++)
 		j->ents[i].off = new_off[i];
 	free(new_off);

@@ -241,7 +241,24 @@ int chunkd__journal_should_compact(const struct chunkd_journal *j);
 void chunkd__journal_set_compact_floor(struct chunkd_journal *j, uint64_t bytes);
 
 /*
- * chunkd__journal_compact — rewrite the journal with only its live records. First every pending
+ * Keep function: 1 if compaction must keep the superseded record `r` (header fields only: r->dl
+ * is NULL), because its request is not answered yet and a replay must still find it; 0 to drop
+ * it. Called during chunkd__journal_compact() for every record that is not live, in file order.
+ */
+typedef int (*chunkd_journal_keep_fn)(const struct chunkd_jrec *r, void *arg);
+
+/*
+ * chunkd__journal_set_keep — compaction keeps the superseded records `keep` asks for, in their
+ * file order, before their id's live record (so replay folds them as it did before). Without
+ * one (NULL, the default) compaction keeps only live records. Kept records are not indexed; their
+ * bytes count as live for should_compact() until the next compaction, so that a journal holding
+ * many of them is not compacted again at every commit.
+ */
+void chunkd__journal_set_keep(struct chunkd_journal *j, chunkd_journal_keep_fn keep, void *arg);
+
+/*
+ * chunkd__journal_compact — rewrite the journal with only its live records (and the superseded
+ * ones a keep function asks for: chunkd__journal_set_keep). First every pending
  * byte is made durable (as chunkd__journal_sync()); then the live records are copied in file
  * order (CRC checked again) into journal.tmp, which is fsynced, renamed over journal, and the
  * directory fsynced. Appends then continue at the end of the new file and the live index points

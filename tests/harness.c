@@ -838,6 +838,22 @@ int th_client_slot(const char *name, pid_t pid, uint32_t *pins)
 	return r;
 }
 
+int th_client_owner(const char *name, uint32_t slot, uint64_t *owner)
+{
+	struct chunkd_req_map m;
+	int r = chunkd__req_attach(name, 0, &m, NULL, 0);
+	if (r < 0)
+		return r;
+	if (slot >= m.geom.max_clients) {
+		chunkd__req_detach(&m);
+		return -ERANGE;
+	}
+	/* Pairs with the client's seq_cst CAS of its owner word and the daemon's reap. */
+	*owner = chunkd__load_acquire(&chunkd__req_client(&m, slot)->ctl.owner);
+	chunkd__req_detach(&m);
+	return 0;
+}
+
 /* Slots not free, those of them naming pid (when pid > 0), and those being reclaimed. */
 static int count_slots(const char *name, pid_t pid, int *of_pid, int *reclaiming)
 {
@@ -1416,4 +1432,34 @@ void th_env_fini(struct th_env *e)
 	if (e->root[0])
 		th_rm_rf(e->root);
 	memset(e, 0, sizeof(*e));
+}
+
+static int proc_state(pid_t pid)
+{
+	char path[64];
+	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+	char *s = th_read_file(path, NULL);
+	if (!s)
+		return -errno;
+	/* "pid (comm) S ...": comm may contain anything, so look after the last ')'. */
+	char *p = strrchr(s, ')');
+	int st = p && p[1] == ' ' ? p[2] : '?';
+	free(s);
+	return st;
+}
+
+int th_wait_proc_stopped(pid_t pid, int timeout_ms)
+{
+	struct th_deadline dl;
+	th_deadline_start(&dl, timeout_ms);
+	for (;;) {
+		int st = proc_state(pid);
+		if (st == 'T')
+			return 0;
+		if (st < 0)
+			return st;
+		if (th_deadline_passed(&dl))
+			return -ETIMEDOUT;
+		th_pause();
+	}
 }

@@ -222,6 +222,10 @@ int th_shm_exists(const char *name, const char *suffix);
  */
 int th_client_slot(const char *name, pid_t pid, uint32_t *pins);
 
+/* The owner word of client slot `slot` of instance `name` (pid, start time, CLOSED bit: shm/
+ * layout.h) in *owner: 0; -ERANGE no such slot; other negative errnos from attaching. Read-only. */
+int th_client_owner(const char *name, uint32_t slot, uint64_t *owner);
+
 /* Number of client slots of the instance that are not free (owner word non-zero), counting only
  * those whose owner word names pid when pid > 0; or a negative errno. */
 int th_clients_in_use(const char *name, pid_t pid);
@@ -281,6 +285,10 @@ void th_daemon_dump_log(const struct th_daemon *d);
 
 /* SIGKILL it if it still runs, and reap it. Safe on a zeroed struct. */
 void th_daemon_cleanup(struct th_daemon *d);
+
+/* Wait until process pid is stopped (state 'T' in /proc/PID/stat, e.g. after SIGSTOP): 0,
+ * -ETIMEDOUT, or a negative errno from reading /proc (-ENOENT: no such process). */
+int th_wait_proc_stopped(pid_t pid, int timeout_ms);
 
 /* ---- client children ------------------------------------------------------------------------ */
 

@@ -554,36 +554,6 @@ int dl_wait_state(chunkd_client *c, const chunkd_id *id, uint32_t state, int tim
 	}
 }
 
-static int proc_state(pid_t pid)
-{
-	char path[64];
-	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
-	char *s = th_read_file(path, NULL);
-	if (!s)
-		return -errno;
-	/* "pid (comm) S ...": comm may contain anything, so look after the last ')'. */
-	char *p = strrchr(s, ')');
-	int st = p && p[1] == ' ' ? p[2] : '?';
-	free(s);
-	return st;
-}
-
-int dl_wait_proc_stopped(pid_t pid, int timeout_ms)
-{
-	struct th_deadline dl;
-	th_deadline_start(&dl, timeout_ms);
-	for (;;) {
-		int st = proc_state(pid);
-		if (st == 'T')
-			return 0;
-		if (st < 0)
-			return st;
-		if (th_deadline_passed(&dl))
-			return -ETIMEDOUT;
-		th_pause();
-	}
-}
-
 const char *dl_state_name(uint32_t state)
 {
 	static const char *const names[] = {"ABSENT",  "QUEUED",   "DOWNLOADING",

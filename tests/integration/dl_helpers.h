@@ -130,8 +130,6 @@ int dl_wait_empty_dir(const char *dir, int timeout_ms);
 int dl_wait_state(chunkd_client *c, const chunkd_id *id, uint32_t state, int timeout_ms,
 		  chunkd_chunk_status *st);
 
-/* Wait until process pid is stopped (state 'T' in /proc/PID/stat): 0 or -ETIMEDOUT. */
-int dl_wait_proc_stopped(pid_t pid, int timeout_ms);
 
 /* Name of a chunk state, for messages. */
 const char *dl_state_name(uint32_t state);

@@ -27,6 +27,9 @@
  *    of a chunk had joined the first must not lose the first ticket across a crash.
  * g) Regression found by test_crashloop's long mode: a download whose path in chunks/ holds a
  *    leftover directory without metadata must end, not retry its rename for ever.
+ * h) Regression found by test_crashloop in CI: a delete of an unknown chunk followed by a
+ *    download of it, both journaled by a daemon killed before it posted their results: the
+ *    next daemon must answer the delete's ticket too.
  *
  * CHUNKD_TEST_FILTER=pattern runs only the matching cases.
  */
@@ -44,12 +47,15 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include "crash_helpers.h"
 #include "fault_helpers.h"
 #include "harness.h"
+#include "journal.h"
+#include "shm/records.h"
 
 #define READY_MS  20000
 #define WAIT_MS   60000 /* a request that should complete does so within this */
@@ -1065,6 +1071,89 @@ static void test_download_onto_leftover_dir_without_meta_ends(void **state)
 	check_no_leftovers();
 }
 
+/* ---- h) regression: a delete's ticket behind a download of the same chunk ------------------ */
+
+/*
+ * test_crashloop failed in CI with a delete ticket that never ended: "delete of chunk 27 (state
+ * PRESENT, ...) (ticket 3, request 3 of this client, ...) not done 120000 ms after the final
+ * restart". The first request ever for that chunk was the delete; another client's download of
+ * it came later; a daemon journaled both and was killed before it posted their results (the
+ * commit's fdatasync had not completed: the record bytes were in the page cache, which a kill
+ * does not lose). The next daemon replayed a delete of an unknown chunk followed by a download,
+ * and dropped the delete's requester.
+ *
+ * That state is built here exactly: with the daemon stopped (SIGSTOP) the client enqueues the
+ * delete and the download (tickets t1, t2, left in its ring), the daemon is killed, and the two
+ * records are appended to the journal as that daemon would have (slot, owner word and tickets
+ * of this client) with the daemon's own journal code. The next daemon replays them (and skips
+ * the ring records, which the journal covers); both tickets must end 0 and the chunk be
+ * published.
+ */
+static void test_replayed_delete_before_download_is_answered(void **state)
+{
+	const struct th_chunk *ch = &D.env.man.chunks[5];
+	struct fh_desc desc;
+	struct chunkd_dl *dl = malloc(sizeof(*dl));
+	uint8_t rec[CHUNKD_REC_MAX];
+	uint64_t t1, t2, owner;
+	char why[128];
+	(void)state;
+	assert_non_null(dl);
+	th_assert_ok(fh_desc_init(&desc, ch, D.nginx_url));
+
+	pid_t pid = D.env.d.pid;
+	th_assert_ok(kill(pid, SIGSTOP));
+	th_assert_ok(th_wait_proc_stopped(pid, 5000));
+	th_assert_ok(chunkd_delete(D.c, &ch->id, &t1));
+	th_assert_ok(chunkd_download(D.c, &desc.c, &t2));
+	int slot = th_client_slot(D.env.name, getpid(), NULL);
+	assert_true(slot >= 0);
+	th_assert_ok(th_client_owner(D.env.name, (uint32_t)slot, &owner));
+	th_assert_ok(cr_sup_kill(&D.sup));
+
+	/* The records the killed daemon would have journaled, in its order. */
+	int n = chunkd__rec_encode_download(&desc.c, t2, rec, sizeof(rec));
+	assert_true(n > 0);
+	if (chunkd__rec_decode_download(rec, (size_t)n, dl, why, sizeof(why)) != 0)
+		fail_msg("decoding the download record: %s", why);
+	struct chunkd_jrec del = {.type = CHUNKD_JREC_DELETE,
+				  .client = (uint32_t)slot,
+				  .owner = owner,
+				  .ticket = t1};
+	memcpy(del.id, &ch->id, sizeof(del.id));
+	struct chunkd_jrec down = del;
+	down.type = CHUNKD_JREC_DOWNLOAD;
+	down.ticket = t2;
+	down.dl = dl;
+	int dirfd = open(D.env.data_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	assert_true(dirfd >= 0);
+	struct chunkd_journal *j;
+	th_assert_ok(chunkd__journal_open(dirfd, &j, NULL, NULL, NULL));
+	th_assert_ok(chunkd__journal_append(j, &del));
+	th_assert_ok(chunkd__journal_append(j, &down));
+	th_assert_ok(chunkd__journal_sync(j));
+	chunkd__journal_close(j);
+	close(dirfd);
+	free(dl);
+
+	restart(NULL);
+	int r = chunkd_wait(D.c, t2, WAIT_MS);
+	if (r != 0) {
+		th_daemon_dump_log(&D.env.d);
+		fail_msg("the download ended %d (%s)", r, chunkd_strerror(r));
+	}
+	check_published(ch, &D.small_bytes);
+	/* Its result was due with the download's at the latest. */
+	r = chunkd_wait(D.c, t1, 10000);
+	if (r != 0) {
+		th_daemon_dump_log(&D.env.d);
+		fail_msg("the delete before the download ended %d (%s), expected 0: its requester "
+			 "was dropped at replay", r, chunkd_strerror(r));
+	}
+	check_no_leftovers();
+	check_fsck();
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1085,6 +1174,8 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_compaction_keeps_tickets_of_joined_downloads,
 					    setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_download_onto_leftover_dir_without_meta_ends,
+					    setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_replayed_delete_before_download_is_answered,
 					    setup, teardown),
 	};
 	/* CHUNKD_TEST_FILTER=pattern runs only the matching cases, e.g. "test_journal*". */

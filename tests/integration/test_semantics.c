@@ -787,7 +787,7 @@ static void test_eagain(void **state)
 
 	/* A stopped daemon completes nothing: requests pile up in the ring. */
 	assert_int_equal(kill(env.d.pid, SIGSTOP), 0);
-	assert_int_equal(dl_wait_proc_stopped(env.d.pid, 5000), 0);
+	assert_int_equal(th_wait_proc_stopped(env.d.pid, 5000), 0);
 	int n = 0, r = 0;
 	for (; n <= CHUNKD_TICKETS_PER_CLIENT; n++) {
 		if (n < ndl) {
