@@ -20,6 +20,27 @@
 /* Where each thread starts looking for a free pin entry: spreads threads over the table. */
 static __thread uint32_t pin_hint __attribute__((tls_model("initial-exec")));
 
+/* Above every ticket a closed handle of this process issued (atomic; see chunkd__ticket_base). */
+static uint64_t ticket_floor;
+
+uint64_t chunkd__ticket_base(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	uint64_t t = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec + 1;
+	uint64_t floor = chunkd__load_relaxed(&ticket_floor);
+	return t > floor ? t : floor;
+}
+
+void chunkd__ticket_floor_raise(uint64_t next_ticket)
+{
+	uint64_t cur = chunkd__load_relaxed(&ticket_floor);
+	while (cur < next_ticket &&
+	       !__atomic_compare_exchange_n(&ticket_floor, &cur, next_ticket, 1, __ATOMIC_RELAXED,
+					    __ATOMIC_RELAXED))
+		;
+}
+
 static uint64_t now_realtime_ns(void)
 {
 	struct timespec ts;
@@ -80,9 +101,9 @@ int chunkd_open(const char *name, chunkd_client **out)
 		if (chunkd__load_relaxed(&c->me->pins[i]) != 0)
 			chunkd__pin_clear(c->me, i);
 	chunkd__store_relaxed(&c->me->ctl.attach_ns, now_realtime_ns());
-	/* The daemon resets a slot's ring and tickets before freeing it, so we start at its tail
-	 * with ticket 1. */
-	c->next_ticket = 1;
+	/* The daemon resets a slot's ring and tickets before freeing it, so we start at its tail,
+	 * with tickets above every one this process issued before (chunkd__ticket_base). */
+	c->first_ticket = c->next_ticket = chunkd__ticket_base();
 	pthread_mutex_init(&c->sq_lock, NULL);
 	/* Tell the daemon about the new client so that it watches the process's pidfd. */
 	chunkd__doorbell_ring(c->req.hdr);
@@ -109,6 +130,7 @@ void chunkd_close(chunkd_client *c)
 			chunkd__pin_clear(c->me, i);
 	/* seq_cst: the cleared pins precede the closed mark for any scanner. Only the daemon frees
 	 * the slot, after it has taken every request still in our ring. */
+	chunkd__ticket_floor_raise(chunkd__load_relaxed(&c->next_ticket));
 	chunkd__store_seq_cst(&c->me->ctl.owner, c->owner | CHUNKD_OWNER_CLOSED);
 	/* Wake the daemon: it drains and frees the slot, and rescans pins of condemned chunks. */
 	chunkd__doorbell_ring(c->req.hdr);

@@ -18,13 +18,15 @@
 #include "shm/atomics.h"
 #include "shm/records.h"
 
-/* Is ticket t's table entry free for reuse? Its previous occupant t - N must be done. */
-static int ticket_entry_free(const struct chunkd_req_client *me, uint64_t t)
+/* Is ticket t's table entry free for reuse? Its previous occupant t - N must be done; the
+ * handle's first N tickets find the table as the daemon reset it. */
+static int ticket_entry_free(const chunkd_client *c, uint64_t t)
 {
-	if (t <= CHUNKD_TICKETS)
+	if (t - c->first_ticket < CHUNKD_TICKETS)
 		return 1;
 	/* Pairs with the daemon's release store of done. */
-	return chunkd__load_acquire(&me->tickets[t % CHUNKD_TICKETS].done) == t - CHUNKD_TICKETS;
+	return chunkd__load_acquire(&c->me->tickets[t % CHUNKD_TICKETS].done) ==
+	       t - CHUNKD_TICKETS;
 }
 
 enum { ENC_DOWNLOAD, ENC_DELETE };
@@ -38,7 +40,7 @@ static int enqueue(chunkd_client *c, int kind, const void *arg, uint64_t *ticket
 	uint64_t t = chunkd__load_relaxed(&c->next_ticket);
 	uint64_t new_tail;
 	uint8_t *dst;
-	if (!ticket_entry_free(c->me, t) || !(dst = chunkd__sq_reserve(c->me, len, &new_tail))) {
+	if (!ticket_entry_free(c, t) || !(dst = chunkd__sq_reserve(c->me, len, &new_tail))) {
 		r = -EAGAIN;
 		goto out;
 	}
@@ -89,7 +91,7 @@ static uint64_t mono_ms(void)
 
 int chunkd_wait(chunkd_client *c, uint64_t ticket, int timeout_ms)
 {
-	if (!c || ticket == 0 || ticket >= chunkd__load_relaxed(&c->next_ticket))
+	if (!c || ticket < c->first_ticket || ticket >= chunkd__load_relaxed(&c->next_ticket))
 		return -EINVAL;
 	struct chunkd_ticket_slot *e = &c->me->tickets[ticket % CHUNKD_TICKETS];
 	uint32_t *seq = &c->me->d.cq_seq;

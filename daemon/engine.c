@@ -844,8 +844,11 @@ static int intake_client(struct engine *e, uint32_t i, uint64_t owner, uint32_t 
 			break;
 		const struct chunkd_rec_hdr *h = (const struct chunkd_rec_hdr *)e->rec;
 		char why[160] = "";
-		if (n > 0 && owner && owner == e->replay_owner[i] && h->ticket <= e->replay_ticket[i])
-			continue; /* journaled before a restart and replayed already */
+		/* At or below the client's last journaled ticket: a valid record was journaled before
+		 * a restart and replayed already. An invalid one never was (its -EINVAL may not have
+		 * been posted when the daemon died): it is refused again. */
+		int replayed = n > 0 && owner && owner == e->replay_owner[i] &&
+			       h->ticket <= e->replay_ticket[i];
 		if (n < 0) {
 			log_warn("client pid %d (slot %u): garbage in its request ring; skipped to the "
 				 "tail", (int)CHUNKD_OWNER_PID(owner), i);
@@ -855,6 +858,8 @@ static int intake_client(struct engine *e, uint32_t i, uint64_t owner, uint32_t 
 		if (h->type == CHUNKD_REC_DOWNLOAD) {
 			int r = chunkd__rec_decode_download(e->rec, (size_t)n, e->dl_scratch, why,
 							    sizeof(why));
+			if (r == 0 && replayed)
+				continue;
 			if (r == 0) {
 				journal_request(e, CHUNKD_JREC_DOWNLOAD, i, owner, h->ticket,
 						e->dl_scratch->id, e->dl_scratch);
@@ -871,6 +876,8 @@ static int intake_client(struct engine *e, uint32_t i, uint64_t owner, uint32_t 
 		} else if (h->type == CHUNKD_REC_DELETE && (size_t)n >= sizeof(struct chunkd_rec_delete) &&
 			   h->len == (uint32_t)n) {
 			uint64_t id[4];
+			if (replayed)
+				continue;
 			memcpy(id, ((const struct chunkd_rec_delete *)e->rec)->id, sizeof(id));
 			journal_request(e, CHUNKD_JREC_DELETE, i, owner, h->ticket, id, NULL);
 			on_delete(e, id, h->ticket, i, owner);
@@ -879,7 +886,8 @@ static int intake_client(struct engine *e, uint32_t i, uint64_t owner, uint32_t 
 			log_warn("client pid %d (slot %u): unknown record type %u",
 				 (int)CHUNKD_OWNER_PID(owner), i, h->type);
 		}
-		chunkd__fetch_add(&cl->d.rejected, 1, __ATOMIC_RELAXED);
+		if (!replayed) /* counted by the daemon that saw it first */
+			chunkd__fetch_add(&cl->d.rejected, 1, __ATOMIC_RELAXED);
 		post(e, i, owner, h->ticket, -EINVAL);
 	}
 	/* The ring space is freed (sq_head stored) only once these records are durable in the
@@ -931,6 +939,7 @@ static void finish_gone(struct engine *e, uint32_t client)
 	e->head[client] = 0;
 	e->ring_gen[client]++;
 	e->replay_owner[client] = 0;
+	chunkd__store_relaxed(&cl->d.reclaim_owner, 0);
 	chunkd__store_relaxed(&cl->ctl.sq_tail, 0);
 	chunkd__store_relaxed(&cl->d.sq_head, 0);
 	for (uint32_t t = 0; t < CHUNKD_TICKETS; t++) {
@@ -943,13 +952,15 @@ static void finish_gone(struct engine *e, uint32_t client)
 
 void chunkd__engine_client_gone(struct engine *e, uint32_t client)
 {
-	/* Accepted requests are never lost: take everything still in the ring. Results go
-	 * nowhere (owner 0 never matches a live slot). */
-	uint64_t owner = e->replay_owner[client];
-	e->replay_owner[client] = 0; /* the slot's owner word is RECLAIM now */
-	while (intake_client(e, client, 0, UINT32_MAX))
+	/* Accepted requests are never lost: take everything still in the ring, as requests of the
+	 * client that made them (the owner word it had, kept in reclaim_owner), so that records a
+	 * killed daemon journaled already are recognised and skipped, and the journal names the
+	 * right requester. Their waiters and results are dropped below. */
+	struct chunkd_req_client *cl = chunkd__req_client(&e->in->req, client);
+	uint64_t owner = chunkd__load_relaxed(&cl->d.reclaim_owner) & ~CHUNKD_OWNER_CLOSED;
+	while (intake_client(e, client, owner, UINT32_MAX))
 		;
-	(void)owner;
+	e->replay_owner[client] = 0; /* the slot's owner word is RECLAIM now */
 	/* Forget the client's waiters; their jobs go on. */
 	for (uint32_t s = 0; s < e->cat->cap; s++) {
 		struct job *j = e->jobs[s];

@@ -110,6 +110,10 @@ static void reap(struct daemon_loop *d, uint32_t i, uint64_t owner)
 {
 	struct chunkd_req_client *cl = chunkd__req_client(&d->l.in->req, i);
 	uint64_t expect = owner;
+	/* Before the CAS (which orders it): a RECLAIM word always comes with the owner it
+	 * replaced, even for a daemon that finds it after this one was killed. */
+	if (owner != CHUNKD_OWNER_RECLAIM)
+		chunkd__store_relaxed(&cl->d.reclaim_owner, owner & ~CHUNKD_OWNER_CLOSED);
 	if (!chunkd__cas_seq_cst(&cl->ctl.owner, &expect, CHUNKD_OWNER_RECLAIM))
 		return;
 	uint32_t held = chunkd__pins_held(cl);

@@ -177,7 +177,8 @@ typedef struct chunkd_chunk_status {
  * chunkd_download — ask the daemon to download `chunk` and publish it.
  * Validates the descriptor, copies it into this client's request ring and returns: it never
  * blocks and never waits for the network. `chunk` and its strings may be freed on return.
- * @ticket  if not NULL, receives a ticket for chunkd_wait().
+ * @ticket  if not NULL, receives a ticket for chunkd_wait(): an opaque number, increasing from
+ *          one request of the handle to the next, never reused by a later handle of the process.
  * @return 0; -EINVAL a bad descriptor: nfiles 0 or above CHUNKD_MAX_FILES, a file name empty,
  *         longer than CHUNKD_MAX_NAME, containing '/' or '\n', "." or "..", or CHUNKD_META_NAME,
  *         duplicate names, a URL that is not 1..CHUNKD_MAX_URL bytes of printable ASCII without

@@ -208,7 +208,11 @@ struct chunkd_req_client_daemon {
 	uint64_t sq_head;   /* atomic: bytes ever consumed; daemon stores with release */
 	uint32_t cq_seq;    /* futex word: bumped (release) after posting ticket results */
 	uint32_t rejected;  /* records the daemon refused as malformed (counter) */
-	uint8_t _pad[CHUNKD_CACHELINE - 16];
+	/* The owner word the daemon replaced with CHUNKD_OWNER_RECLAIM (stored before that CAS):
+	 * a daemon that finds a slot in RECLAIM at start journals its remaining requests under
+	 * the client that made them. 0 when unknown. */
+	uint64_t reclaim_owner;
+	uint8_t _pad[CHUNKD_CACHELINE - 24];
 };
 
 /* A ticket's result: daemon stores result, then done = ticket (release). */

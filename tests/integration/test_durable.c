@@ -30,6 +30,10 @@
  * h) Regression found by test_crashloop in CI: a delete of an unknown chunk followed by a
  *    download of it, both journaled by a daemon killed before it posted their results: the
  *    next daemon must answer the delete's ticket too.
+ * i) The ring records of a client that died while no daemon ran, journaled already by the
+ *    killed daemon, are not taken (and acted upon) a second time.
+ * j) A process that closes a handle and opens another (the same slot) does not lose the new
+ *    handle's requests across a restart.
  *
  * CHUNKD_TEST_FILTER=pattern runs only the matching cases.
  */
@@ -1089,52 +1093,71 @@ static void test_download_onto_leftover_dir_without_meta_ends(void **state)
  * the ring records, which the journal covers); both tickets must end 0 and the chunk be
  * published.
  */
-static void test_replayed_delete_before_download_is_answered(void **state)
+/* Append to the stopped instance's journal, with the daemon's own code, what a daemon would have
+ * journaled for a delete (desc NULL) or a download by client slot `slot` with owner word `owner`. */
+static void journal_as_daemon(uint32_t slot, uint64_t owner, uint64_t ticket, const chunkd_id *id,
+			      const chunkd_chunk *desc)
 {
-	const struct th_chunk *ch = &D.env.man.chunks[5];
-	struct fh_desc desc;
-	struct chunkd_dl *dl = malloc(sizeof(*dl));
-	uint8_t rec[CHUNKD_REC_MAX];
-	uint64_t t1, t2, owner;
-	char why[128];
-	(void)state;
-	assert_non_null(dl);
-	th_assert_ok(fh_desc_init(&desc, ch, D.nginx_url));
-
-	pid_t pid = D.env.d.pid;
-	th_assert_ok(kill(pid, SIGSTOP));
-	th_assert_ok(th_wait_proc_stopped(pid, 5000));
-	th_assert_ok(chunkd_delete(D.c, &ch->id, &t1));
-	th_assert_ok(chunkd_download(D.c, &desc.c, &t2));
-	int slot = th_client_slot(D.env.name, getpid(), NULL);
-	assert_true(slot >= 0);
-	th_assert_ok(th_client_owner(D.env.name, (uint32_t)slot, &owner));
-	th_assert_ok(cr_sup_kill(&D.sup));
-
-	/* The records the killed daemon would have journaled, in its order. */
-	int n = chunkd__rec_encode_download(&desc.c, t2, rec, sizeof(rec));
-	assert_true(n > 0);
-	if (chunkd__rec_decode_download(rec, (size_t)n, dl, why, sizeof(why)) != 0)
-		fail_msg("decoding the download record: %s", why);
-	struct chunkd_jrec del = {.type = CHUNKD_JREC_DELETE,
-				  .client = (uint32_t)slot,
-				  .owner = owner,
-				  .ticket = t1};
-	memcpy(del.id, &ch->id, sizeof(del.id));
-	struct chunkd_jrec down = del;
-	down.type = CHUNKD_JREC_DOWNLOAD;
-	down.ticket = t2;
-	down.dl = dl;
+	struct chunkd_dl *dl = NULL;
+	struct chunkd_jrec r = {.type = desc ? CHUNKD_JREC_DOWNLOAD : CHUNKD_JREC_DELETE,
+				.client = slot,
+				.owner = owner,
+				.ticket = ticket};
+	memcpy(r.id, id, sizeof(r.id));
+	if (desc) {
+		uint8_t rec[CHUNKD_REC_MAX];
+		char why[128];
+		dl = malloc(sizeof(*dl));
+		assert_non_null(dl);
+		int n = chunkd__rec_encode_download(desc, ticket, rec, sizeof(rec));
+		assert_true(n > 0);
+		if (chunkd__rec_decode_download(rec, (size_t)n, dl, why, sizeof(why)) != 0)
+			fail_msg("decoding the download record: %s", why);
+		r.dl = dl;
+	}
 	int dirfd = open(D.env.data_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	assert_true(dirfd >= 0);
 	struct chunkd_journal *j;
 	th_assert_ok(chunkd__journal_open(dirfd, &j, NULL, NULL, NULL));
-	th_assert_ok(chunkd__journal_append(j, &del));
-	th_assert_ok(chunkd__journal_append(j, &down));
+	th_assert_ok(chunkd__journal_append(j, &r));
 	th_assert_ok(chunkd__journal_sync(j));
 	chunkd__journal_close(j);
 	close(dirfd);
 	free(dl);
+}
+
+/* Stop the daemon (SIGSTOP) and wait until it is stopped: it takes nothing from the rings. */
+static void freeze_daemon(void)
+{
+	th_assert_ok(kill(D.env.d.pid, SIGSTOP));
+	th_assert_ok(th_wait_proc_stopped(D.env.d.pid, 5000));
+}
+
+/* This process's client slot (D.c, its only handle) and that slot's owner word. */
+static uint32_t my_slot(uint64_t *owner)
+{
+	int slot = th_client_slot(D.env.name, getpid(), NULL);
+	assert_true(slot >= 0);
+	th_assert_ok(th_client_owner(D.env.name, (uint32_t)slot, owner));
+	return (uint32_t)slot;
+}
+
+static void test_replayed_delete_before_download_is_answered(void **state)
+{
+	const struct th_chunk *ch = &D.env.man.chunks[5];
+	struct fh_desc desc;
+	uint64_t t1, t2, owner;
+	(void)state;
+	th_assert_ok(fh_desc_init(&desc, ch, D.nginx_url));
+
+	freeze_daemon();
+	th_assert_ok(chunkd_delete(D.c, &ch->id, &t1));
+	th_assert_ok(chunkd_download(D.c, &desc.c, &t2));
+	uint32_t slot = my_slot(&owner);
+	th_assert_ok(cr_sup_kill(&D.sup));
+	/* The records the killed daemon would have journaled, in its order. */
+	journal_as_daemon(slot, owner, t1, &ch->id, NULL);
+	journal_as_daemon(slot, owner, t2, &ch->id, &desc.c);
 
 	restart(NULL);
 	int r = chunkd_wait(D.c, t2, WAIT_MS);
@@ -1152,6 +1175,158 @@ static void test_replayed_delete_before_download_is_answered(void **state)
 	}
 	check_no_leftovers();
 	check_fsck();
+}
+
+/* ---- i) regression: the records of a client that died meanwhile are not taken twice -------- */
+
+/*
+ * Found by reading the restart path after h): a client's records that a killed daemon had
+ * journaled stay in its ring (the ring's head moves only after the commit). A new daemon skips
+ * them for a live client (same owner word, ticket at or below the last journaled one), but took
+ * them again for a client that died or closed meanwhile (its slot is reclaimed at start, and the
+ * reclaim took the ring as owner 0, which never matches): a delete journaled before a download of
+ * the same chunk then ran after it, and the download was cancelled.
+ *
+ * Built like h): the daemon stopped, a child client deletes chunk X and exits, this process
+ * downloads X, the daemon is killed, both records go into the journal; the new daemon must
+ * publish X and answer the download 0.
+ */
+static int i_child(struct th_child *self, void *arg)
+{
+	const struct th_chunk *ch = arg;
+	chunkd_client *c;
+	char line[64];
+	uint64_t t;
+	int r = chunkd_open(D.env.name, &c);
+	TH_CHECK(self, r == 0, "chunkd_open: %s", chunkd_strerror(r));
+	th_say(self, "OPEN");
+	r = th_hear(self, line, sizeof(line), CHILD_MS);
+	TH_CHECK(self, r >= 0 && !strcmp(line, "DELETE"), "expected DELETE, got %d", r);
+	r = chunkd_delete(c, &ch->id, &t);
+	TH_CHECK(self, r == 0, "chunkd_delete: %s", chunkd_strerror(r));
+	th_say(self, "TICKET %" PRIu64, t);
+	return 0; /* exits with its handle open: a client that died */
+}
+
+static void test_dead_clients_journaled_records_are_not_taken_again(void **state)
+{
+	const struct th_chunk *ch = &D.env.man.chunks[6];
+	struct fh_desc desc;
+	struct th_child child;
+	char line[128];
+	uint64_t t1, t2, owner, child_owner;
+	(void)state;
+	th_assert_ok(fh_desc_init(&desc, ch, D.nginx_url));
+	th_assert_ok(th_child_start(&child, i_child, (void *)ch));
+	th_assert_ok(th_child_expect(&child, "OPEN", line, sizeof(line), CHILD_MS));
+	int child_slot = th_client_slot(D.env.name, child.pid, NULL);
+	assert_true(child_slot >= 0);
+	th_assert_ok(th_client_owner(D.env.name, (uint32_t)child_slot, &child_owner));
+
+	freeze_daemon();
+	th_assert_ok(th_child_send(&child, "DELETE"));
+	th_assert_ok(th_child_expect(&child, "TICKET", line, sizeof(line), CHILD_MS));
+	assert_int_equal(sscanf(line, "TICKET %" SCNu64, &t1), 1);
+	assert_true(th_exited_with(th_child_finish(&child, CHILD_MS), 0));
+	th_assert_ok(chunkd_download(D.c, &desc.c, &t2));
+	uint32_t slot = my_slot(&owner);
+	th_assert_ok(cr_sup_kill(&D.sup));
+	journal_as_daemon((uint32_t)child_slot, child_owner, t1, &ch->id, NULL);
+	journal_as_daemon(slot, owner, t2, &ch->id, &desc.c);
+
+	restart(NULL);
+	int r = chunkd_wait(D.c, t2, WAIT_MS);
+	if (r != 0) {
+		th_daemon_dump_log(&D.env.d);
+		fail_msg("the download, the chunk's last request, ended %d (%s), expected 0: the dead "
+			 "client's journaled delete ran again after it",
+			 r, chunkd_strerror(r));
+	}
+	check_published(ch, &D.small_bytes);
+	check_no_leftovers();
+	check_fsck();
+}
+
+/* ---- j) regression: a handle opened again in the same process ------------------------------ */
+
+/*
+ * Found by reading the restart path: the daemon tells requests apart by (slot, owner word,
+ * ticket), and the owner word is the process's. A process that closed a handle and opened
+ * another got the same slot and, with tickets starting at 1 again, a restarted daemon skipped
+ * the new handle's requests as journaled already (the old handle's ticket 1 was): they were lost.
+ * Here the child closes a handle whose request was journaled, opens another (the same slot),
+ * downloads X while the daemon is stopped, and the daemon is killed and restarted: the download
+ * must end 0.
+ */
+static int no_slot_of_mine(void *arg)
+{
+	(void)arg;
+	return th_clients_in_use(D.env.name, getpid()) == 0;
+}
+
+static int j_child(struct th_child *self, void *arg)
+{
+	const struct th_chunk *ch = arg;
+	chunkd_client *c;
+	struct fh_desc desc;
+	chunkd_id other;
+	char line[64];
+	uint64_t t;
+	TH_CHECK(self, fh_desc_init(&desc, ch, D.nginx_url) == 0, "descriptor");
+	int r = chunkd_open(D.env.name, &c);
+	TH_CHECK(self, r == 0, "chunkd_open: %s", chunkd_strerror(r));
+	int slot1 = th_client_slot(D.env.name, getpid(), NULL);
+	th_make_id(&other, 0x1e0, 1);
+	r = chunkd_delete(c, &other, &t);
+	TH_CHECK(self, r == 0, "chunkd_delete: %s", chunkd_strerror(r));
+	r = chunkd_wait(c, t, WAIT_MS);
+	TH_CHECK(self, r == 0, "the delete (journaled) ended %s", chunkd_strerror(r));
+	chunkd_close(c);
+	TH_CHECK(self, th_wait(no_slot_of_mine, NULL, WAIT_MS) == 0, "the slot was never freed");
+	r = chunkd_open(D.env.name, &c);
+	TH_CHECK(self, r == 0, "chunkd_open again: %s", chunkd_strerror(r));
+	int slot2 = th_client_slot(D.env.name, getpid(), NULL);
+	TH_CHECK(self, slot1 >= 0 && slot1 == slot2, "slots %d then %d: the case needs the same",
+		 slot1, slot2);
+	th_say(self, "OPEN");
+	r = th_hear(self, line, sizeof(line), CHILD_MS);
+	TH_CHECK(self, r >= 0 && !strcmp(line, "DOWNLOAD"), "expected DOWNLOAD, got %d", r);
+	r = chunkd_download(c, &desc.c, &t);
+	TH_CHECK(self, r == 0, "chunkd_download: %s", chunkd_strerror(r));
+	th_say(self, "ENQUEUED");
+	r = th_hear(self, line, sizeof(line), CHILD_MS);
+	TH_CHECK(self, r >= 0 && !strcmp(line, "WAIT"), "expected WAIT, got %d", r);
+	r = chunkd_wait(c, t, WAIT_MS);
+	th_say(self, "RESULT %d", r);
+	chunkd_close(c);
+	return 0;
+}
+
+static void test_reopened_handle_requests_survive_restart(void **state)
+{
+	const struct th_chunk *ch = &D.env.man.chunks[7];
+	struct th_child child;
+	char line[128];
+	int r;
+	(void)state;
+	th_assert_ok(th_child_start(&child, j_child, (void *)ch));
+	th_assert_ok(th_child_expect(&child, "OPEN", line, sizeof(line), CHILD_MS));
+	freeze_daemon();
+	th_assert_ok(th_child_send(&child, "DOWNLOAD"));
+	th_assert_ok(th_child_expect(&child, "ENQUEUED", line, sizeof(line), CHILD_MS));
+	th_assert_ok(cr_sup_kill(&D.sup));
+	restart(NULL);
+	th_assert_ok(th_child_send(&child, "WAIT"));
+	th_assert_ok(th_child_expect(&child, "RESULT", line, sizeof(line), WAIT_MS + CHILD_MS));
+	assert_int_equal(sscanf(line, "RESULT %d", &r), 1);
+	if (r != 0) {
+		th_daemon_dump_log(&D.env.d);
+		fail_msg("the reopened handle's download ended %d (%s), expected 0", r,
+			 chunkd_strerror(r));
+	}
+	assert_true(th_exited_with(th_child_finish(&child, CHILD_MS), 0));
+	check_published(ch, &D.small_bytes);
+	check_no_leftovers();
 }
 
 int main(void)
@@ -1177,6 +1352,10 @@ int main(void)
 					    setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_replayed_delete_before_download_is_answered,
 					    setup, teardown),
+	    cmocka_unit_test_setup_teardown(
+		test_dead_clients_journaled_records_are_not_taken_again, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_reopened_handle_requests_survive_restart, setup,
+					    teardown),
 	};
 	/* CHUNKD_TEST_FILTER=pattern runs only the matching cases, e.g. "test_journal*". */
 	const char *filter = getenv("CHUNKD_TEST_FILTER");
