@@ -655,8 +655,12 @@ static int new_download(struct engine *e, const struct dlc *dl, const struct wai
 	return 0;
 }
 
-static void on_download(struct engine *e, const struct dlc *dl, uint32_t client,
-			uint64_t owner)
+/*
+ * A download request: start, join or answer it. Returns 0 when it was accepted (it is the chunk's
+ * last request now: a job, a waiter, or 0 posted at once), or the negative errno it was refused
+ * with (posted; the chunk's desired state is unchanged), which the journal records as refused.
+ */
+static int on_download(struct engine *e, const struct dlc *dl, uint32_t client, uint64_t owner)
 {
 	struct waiter me = {client, owner, dl->ticket};
 	int slot = chunkd__catalog_lookup(e->cat, dl->id);
@@ -664,26 +668,26 @@ static void on_download(struct engine *e, const struct dlc *dl, uint32_t client,
 		int r = new_download(e, dl, &me, 1);
 		if (r < 0)
 			post(e, client, owner, dl->ticket, r);
-		return;
+		return r < 0 ? r : 0;
 	}
 	struct job *j = e->jobs[slot];
 	uint32_t st = e->cat->sp[slot].state;
 	if (st == CHUNKD_SLOT_PUBLISHED) {
-		post(e, client, owner, dl->ticket,
-		     same_desc_published(e, (uint32_t)slot, dl) ? 0 : -EEXIST);
-		return;
+		int r = same_desc_published(e, (uint32_t)slot, dl) ? 0 : -EEXIST;
+		post(e, client, owner, dl->ticket, r);
+		return r;
 	}
 	if (!j) { /* a failed download keeps its slot without a job */
 		if (st != CHUNKD_SLOT_FAILED) {
 			post(e, client, owner, dl->ticket, -EIO);
-			return;
+			return -EIO;
 		}
 		struct chunkd_slot_copy s;
 		if (chunkd__slot_read(e->cat->cat, slot, &s) < 0 ||
 		    chunkd__id_cmp(s.dataset, dl->dataset) || s.first_block != dl->first_block ||
 		    s.end_block != dl->end_block || s.nfiles != dl->nfiles) {
 			post(e, client, owner, dl->ticket, -EEXIST);
-			return;
+			return -EEXIST;
 		}
 		/* Retry a failed chunk from scratch: a new slot and job. */
 		dsv_remove(e, s.dataset, s.first_block, (uint32_t)slot);
@@ -692,12 +696,12 @@ static void on_download(struct engine *e, const struct dlc *dl, uint32_t client,
 		int r = new_download(e, dl, &me, 1);
 		if (r < 0)
 			post(e, client, owner, dl->ticket, r);
-		return;
+		return r < 0 ? r : 0;
 	}
 	const struct dlc *have = j->dl;
 	if (have && !same_desc_dl(have, dl)) {
 		post(e, client, owner, dl->ticket, -EEXIST);
-		return;
+		return -EEXIST;
 	}
 	/* A deleted chunk (condemned, or already moving to trash: its metadata may be gone)
 	 * is compared with what its slot recorded. */
@@ -705,7 +709,7 @@ static void on_download(struct engine *e, const struct dlc *dl, uint32_t client,
 		      j->desc.first_block != dl->first_block || j->desc.end_block != dl->end_block ||
 		      j->desc.nfiles != dl->nfiles)) {
 		post(e, client, owner, dl->ticket, -EEXIST);
-		return;
+		return -EEXIST;
 	}
 	if (j->state == J_CONDEMNED) {
 		/* Deleted but still intact (pins hold it): bring it back as it is. */
@@ -715,7 +719,7 @@ static void on_download(struct engine *e, const struct dlc *dl, uint32_t client,
 		post_waiters(e, j, 0);
 		post(e, client, owner, dl->ticket, 0);
 		job_free(e, j);
-		return;
+		return 0;
 	}
 	if (!j->want_present) {
 		/* Being cancelled or removed: download it again once that is done. A cancelled
@@ -726,7 +730,7 @@ static void on_download(struct engine *e, const struct dlc *dl, uint32_t client,
 			    dsv_add(e, dl->dataset, dl->first_block, dl->end_block,
 				    (uint32_t)slot) < 0) {
 				post(e, client, owner, dl->ticket, -EEXIST);
-				return;
+				return -EEXIST;
 			}
 		}
 		j->want_present = 1;
@@ -735,11 +739,14 @@ static void on_download(struct engine *e, const struct dlc *dl, uint32_t client,
 		if (!j->dl) {
 			j->want_present = 0;
 			post(e, client, owner, dl->ticket, -ENOMEM);
-			return;
+			return -ENOMEM;
 		}
 	}
-	if (add_waiter(j, client, owner, dl->ticket) < 0)
+	if (add_waiter(j, client, owner, dl->ticket) < 0) {
 		post(e, client, owner, dl->ticket, -ENOMEM);
+		return -ENOMEM;
+	}
+	return 0;
 }
 
 
@@ -804,13 +811,16 @@ static void on_delete(struct engine *e, const uint64_t id[4], uint64_t ticket, u
 }
 
 /* Take up to `budget` records from client i's ring. Returns 1 if more remain. */
-/* Append an accepted request to the journal. A journal that cannot take it any more (a write or
+/* Append a request taken from a ring to the journal; `refused` is 0 or the negative errno a
+ * download was refused with (journaled too, so that a restart answers it and skips its ring
+ * record, but never the chunk's live record). A journal that cannot take it any more (a write or
  * fsync failed) makes durability impossible: the daemon stops rather than pretend. */
 static void journal_request(struct engine *e, uint32_t type, uint32_t client, uint64_t owner,
-			    uint64_t ticket, const uint64_t id[4], const struct chunkd_dl *dl)
+			    uint64_t ticket, const uint64_t id[4], const struct chunkd_dl *dl,
+			    int refused)
 {
 	struct chunkd_jrec r = {.type = type, .client = client, .owner = owner, .ticket = ticket,
-				.dl = dl};
+				.dl = dl, .refused = refused < -255 ? -EINVAL : refused};
 	memcpy(r.id, id, sizeof(r.id));
 	int err = chunkd__journal_append(e->jr, &r);
 	if (err < 0 && !e->fatal) {
@@ -861,14 +871,20 @@ static int intake_client(struct engine *e, uint32_t i, uint64_t owner, uint32_t 
 			if (r == 0 && replayed)
 				continue;
 			if (r == 0) {
-				journal_request(e, CHUNKD_JREC_DOWNLOAD, i, owner, h->ticket,
-						e->dl_scratch->id, e->dl_scratch);
+				/* Decided first, then journaled as accepted or refused: a refused
+				 * download must not become the chunk's live record. Its results
+				 * (posted meanwhile) wait for this record to be durable. */
+				uint32_t np = e->nposts;
 				struct dlc *d = dl_pack(e->dl_scratch);
-				if (d)
-					on_download(e, d, i, owner);
-				else
+				int res = d ? on_download(e, d, i, owner) : -ENOMEM;
+				if (!d)
 					post(e, i, owner, h->ticket, -ENOMEM);
 				free(d);
+				journal_request(e, CHUNKD_JREC_DOWNLOAD, i, owner, h->ticket,
+						e->dl_scratch->id, e->dl_scratch, res < 0 ? res : 0);
+				uint64_t seq = chunkd__journal_last_seq(e->jr);
+				for (uint32_t k = np; k < e->nposts; k++)
+					e->posts[k].seq = seq;
 				continue;
 			}
 			log_warn("client pid %d (slot %u): rejected download (ticket %llu): %s",
@@ -879,7 +895,7 @@ static int intake_client(struct engine *e, uint32_t i, uint64_t owner, uint32_t 
 			if (replayed)
 				continue;
 			memcpy(id, ((const struct chunkd_rec_delete *)e->rec)->id, sizeof(id));
-			journal_request(e, CHUNKD_JREC_DELETE, i, owner, h->ticket, id, NULL);
+			journal_request(e, CHUNKD_JREC_DELETE, i, owner, h->ticket, id, NULL, 0);
 			on_delete(e, id, h->ticket, i, owner);
 			continue;
 		} else {
@@ -2576,6 +2592,11 @@ static int replay_cb(const struct chunkd_jrec *r, void *arg)
 	if (r->client < e->nclients) {
 		e->replay_owner[r->client] = r->owner;
 		e->replay_ticket[r->client] = r->ticket;
+	}
+	if (r->refused) {
+		/* Refused when it was taken: answered so again, and no part of any chunk's state. */
+		post(e, r->client, r->owner, r->ticket, r->refused);
+		return 0;
 	}
 	if (r->type == CHUNKD_JREC_DELETE && !rp_find(e, r->id)) {
 		/* The common case: a delete that no earlier record of its id needs folding into.

@@ -41,11 +41,14 @@ static const char jmagic[8] = {'C', 'N', 'K', 'D', 'J', 'R', 'N', '1'};
 #define R_LEN    4u
 #define R_TS     8u
 #define R_TYPE   16u
-#define R_PAD    17u
+#define R_FLAGS  17u /* version 2: F_REFUSED or 0 (version 1: 0) */
+#define R_ERRNO  18u /* version 2: with F_REFUSED, the errno (1-255); else 0 */
+#define R_PAD    19u
 #define R_CLIENT 20u
 #define R_OWNER  24u
 #define R_TICKET 32u
 #define R_ID     40u
+#define F_REFUSED 1u
 #define R_HDR    72u /* the common part; a DELETE record is exactly this */
 #define R_DS     72u
 #define R_FIRST  104u
@@ -124,6 +127,7 @@ struct chunkd_journal {
 	uint32_t tmask;
 	uint64_t live_bytes;
 
+	uint32_t file_version; /* of the file in use: 1 (no refused records) or 2 */
 	uint64_t floor;
 	/* Superseded records the last compaction kept (chunkd__journal_set_keep): bytes that the
 	 * next compaction will probably keep too, so should_compact counts them as live. */
@@ -303,6 +307,10 @@ static void encode(uint8_t *p, size_t size, const struct chunkd_jrec *r, uint64_
 	put32(p + R_LEN, (uint32_t)size);
 	put64(p + R_TS, ts);
 	p[R_TYPE] = (uint8_t)r->type;
+	if (r->refused) {
+		p[R_FLAGS] = F_REFUSED;
+		p[R_ERRNO] = (uint8_t)-r->refused;
+	}
 	put32(p + R_CLIENT, r->client);
 	put64(p + R_OWNER, r->owner);
 	put64(p + R_TICKET, r->ticket);
@@ -331,8 +339,8 @@ static void encode(uint8_t *p, size_t size, const struct chunkd_jrec *r, uint64_
  * 8, <= R_MAX). A DOWNLOAD's descriptor goes into *dl. Returns 0, or -EBADMSG (CRC) /
  * -EINVAL (content) with *why set.
  */
-static int decode(const uint8_t *p, size_t len, struct chunkd_jrec *r, struct chunkd_dl *dl,
-		  char *why, size_t whylen)
+static int decode(const uint8_t *p, size_t len, uint32_t version, struct chunkd_jrec *r,
+		  struct chunkd_dl *dl, char *why, size_t whylen)
 {
 	uint32_t crc = chunkd__crc32c(0, p + 4, len - 4);
 	if (crc != get32(p + R_CRC)) {
@@ -347,10 +355,19 @@ static int decode(const uint8_t *p, size_t len, struct chunkd_jrec *r, struct ch
 	r->ticket = get64(p + R_TICKET);
 	memcpy(r->id, p + R_ID, 32);
 	r->dl = NULL;
-	if (p[R_PAD] || p[R_PAD + 1] || p[R_PAD + 2]) {
+	r->refused = 0;
+	if (p[R_PAD] || (version < 2 && (p[R_FLAGS] || p[R_ERRNO]))) {
 		snprintf(why, whylen, "non-zero padding after the type");
 		return -EINVAL;
 	}
+	if (p[R_FLAGS] & ~F_REFUSED || !(p[R_FLAGS] & F_REFUSED) != !p[R_ERRNO] ||
+	    (p[R_FLAGS] && p[R_TYPE] != CHUNKD_JREC_DOWNLOAD)) {
+		snprintf(why, whylen, "bad flags %#x (errno %u) for record type %u", p[R_FLAGS],
+			 p[R_ERRNO], p[R_TYPE]);
+		return -EINVAL;
+	}
+	if (p[R_FLAGS])
+		r->refused = -(int32_t)p[R_ERRNO];
 	if (r->type == CHUNKD_JREC_DELETE) {
 		if (len != R_HDR) {
 			snprintf(why, whylen, "DELETE record of %zu bytes (want %u)", len, R_HDR);
@@ -702,8 +719,8 @@ static int check_header(struct chunkd_journal *j, uint64_t size, struct chunkd_j
 		set_why(st, "not a chunkd journal: bad magic (want CNKDJRN1)");
 		return -EPROTO;
 	}
-	if (get32(h + 8) != CHUNKD_JOURNAL_VERSION) {
-		set_why(st, "unsupported journal version %u (this daemon reads version %u)",
+	if (get32(h + 8) != CHUNKD_JOURNAL_VERSION && get32(h + 8) != 1) {
+		set_why(st, "unsupported journal version %u (this daemon reads versions 1 and %u)",
 			get32(h + 8), CHUNKD_JOURNAL_VERSION);
 		return -EPROTO;
 	}
@@ -712,10 +729,11 @@ static int check_header(struct chunkd_journal *j, uint64_t size, struct chunkd_j
 		return -EPROTO;
 	}
 	if (get32(h + 12) != JHDR_LEN || get32(h + 16) != 0) {
-		set_why(st, "journal header length %u or flags %#x unknown to version 1",
-			get32(h + 12), get32(h + 16));
+		set_why(st, "journal header length %u or flags %#x unknown to version %u",
+			get32(h + 12), get32(h + 16), get32(h + 8));
 		return -EPROTO;
 	}
+	j->file_version = get32(h + 8);
 	return 0;
 }
 
@@ -840,7 +858,7 @@ static int replay_file(struct chunkd_journal *j, uint64_t size, chunkd_journal_r
 			goto out;
 		p = rd.buf + rd.lo;
 		struct chunkd_jrec r;
-		int d = decode(p, len, &r, dl, why, sizeof(why));
+		int d = decode(p, len, j->file_version, &r, dl, why, sizeof(why));
 		if (d == -EBADMSG) {
 			/* A CRC mismatch is what a torn write looks like when it is the last thing
 			 * in the file, or followed only by unwritten (zero) blocks. */
@@ -857,7 +875,8 @@ static int replay_file(struct chunkd_journal *j, uint64_t size, chunkd_journal_r
 		}
 		/* hs[ih] hashed this record's id, read from the same bytes before the checks. */
 		assert(hs[ih] == id_hash(r.id));
-		rc = index_put(j, r.id, hs[ih++], off, len, r.type, r.ts_ns);
+		rc = r.refused ? 0 : index_put(j, r.id, hs[ih], off, len, r.type, r.ts_ns);
+		ih++;
 		if (rc)
 			goto out;
 		st->records++;
@@ -919,6 +938,7 @@ int chunkd__journal_open(int dirfd, struct chunkd_journal **out, chunkd_journal_
 		rc = create_journal(j);
 		if (rc)
 			goto err_dir;
+		j->file_version = CHUNKD_JOURNAL_VERSION;
 		st->created = 1;
 	} else if (j->fd < 0) {
 		rc = -errno;
@@ -944,6 +964,16 @@ int chunkd__journal_open(int dirfd, struct chunkd_journal **out, chunkd_journal_
 		rc = replay_file(j, (uint64_t)sb.st_size, replay, arg, st);
 		if (rc)
 			goto err_fd;
+	}
+	/* A version 1 file is rewritten as version 2 (a compaction writes the current header)
+	 * before anything is appended: refused records may follow. */
+	if (j->file_version < CHUNKD_JOURNAL_VERSION) {
+		rc = chunkd__journal_compact(j);
+		if (rc) {
+			set_why(st, "cannot rewrite the version %u journal as version %u",
+				j->file_version, CHUNKD_JOURNAL_VERSION);
+			goto err_fd;
+		}
 	}
 
 	st->replay_ns = now_ns(CLOCK_MONOTONIC) - t0;
@@ -1016,6 +1046,8 @@ int chunkd__journal_append(struct chunkd_journal *j, const struct chunkd_jrec *r
 	} else if (r->type != CHUNKD_JREC_DELETE) {
 		return -EINVAL;
 	}
+	if (r->refused && (r->type != CHUNKD_JREC_DOWNLOAD || r->refused < -255 || r->refused > 0))
+		return -EINVAL;
 	assert(size <= R_MAX); /* replay refuses longer records */
 
 	struct jbuf *b = &j->bufs[j->cur];
@@ -1031,7 +1063,7 @@ int chunkd__journal_append(struct chunkd_journal *j, const struct chunkd_jrec *r
 	}
 	uint64_t off = logical_end(j);
 	uint64_t ts = r->ts_ns ? r->ts_ns : now_ns(CLOCK_REALTIME);
-	int rc = index_put(j, r->id, id_hash(r->id), off, (uint32_t)size, r->type, ts);
+	int rc = r->refused ? 0 : index_put(j, r->id, id_hash(r->id), off, (uint32_t)size, r->type, ts);
 	if (rc)
 		return rc;
 	encode(b->p + b->len, size, r, ts, nl, ul);
@@ -1332,6 +1364,7 @@ int chunkd__journal_compact(struct chunkd_journal *j)
 	j->fd = tfd;
 	j->durable_end = end;
 	j->kept_bytes = kept;
+	j->file_version = CHUNKD_JOURNAL_VERSION;
 	for (uint32_t i = 0; i < j->nents; i++)
 		j->ents[i].off = new_off[i];
 	free(new_off);

@@ -32,7 +32,7 @@
 
 #define CHUNKD_JOURNAL_NAME     "journal"     /* in DATA_DIR */
 #define CHUNKD_JOURNAL_TMP_NAME "journal.tmp" /* compaction's new file before its rename */
-#define CHUNKD_JOURNAL_VERSION  1u
+#define CHUNKD_JOURNAL_VERSION  2u /* 2 adds refused records; version 1 files are read too */
 
 /* Record types, as stored in the record's type byte. */
 enum chunkd_jrec_type {
@@ -57,6 +57,10 @@ struct chunkd_jrec {
 	uint64_t ticket;            /* the client's ticket */
 	uint64_t id[4];             /* the chunk id */
 	const struct chunkd_dl *dl; /* DOWNLOAD only (NULL for DELETE): the descriptor */
+	/* 0, or (DOWNLOAD only) the negative errno the daemon refused the request with, -1..-255:
+	 * a refused request is journaled so that a restart still answers it (and knows its ticket
+	 * was taken), but it is never live: it does not change what its id's live record is. */
+	int32_t refused;
 };
 
 /* The live record of one chunk id, as the in-memory index holds it. */
@@ -139,8 +143,9 @@ void chunkd__journal_close(struct chunkd_journal *j);
  * chunkd__journal_append — encode `r` at the end of the pending buffer and make it the live
  * record of r->id. No I/O: the record is durable only after a commit that includes it (see
  * chunkd__journal_durable_seq()). The buffer grows as needed; `r` and r->dl are not kept.
- * r->ts_ns 0 is replaced by the current CLOCK_REALTIME.
- * @return  0; -EINVAL bad type, DOWNLOAD without dl, dl->id differing from r->id, or a
+ * r->ts_ns 0 is replaced by the current CLOCK_REALTIME. A refused record (r->refused) is
+ * appended but does not become live: the id's live record stays what it was.
+ * @return  0; -EINVAL bad type, a refused DELETE or a refused value outside -255..-1, DOWNLOAD without dl, dl->id differing from r->id, or a
  *          descriptor replay would refuse (nfiles, range, a bad or duplicate name, a bad URL):
  *          such a record would stop every later replay, so it is refused here; -ENOMEM; the
  *          sticky error. Does not block.

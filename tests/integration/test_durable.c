@@ -34,6 +34,8 @@
  *    killed daemon, are not taken (and acted upon) a second time.
  * j) A process that closes a handle and opens another (the same slot) does not lose the new
  *    handle's requests across a restart.
+ * k) A download the daemon refused (-EEXIST) does not become the chunk's desired state after a
+ *    restart: the chunk's last accepted request still decides.
  *
  * CHUNKD_TEST_FILTER=pattern runs only the matching cases.
  */
@@ -947,13 +949,32 @@ static int journal_small(void *arg)
 #define FLOOD_BATCH 1000
 #define FLOOD_N     20000 /* 72-byte records: 1.4 MB of journal, nothing of it live */
 
+/* FLOOD_N deletes of unknown chunks (ids tagged `tag`): more than the compaction floor of journal,
+ * none of it live. From a handle of its own: a pending ticket blocks its handle's ticket table
+ * 1024 later. */
+static void flood_journal(uint32_t tag)
+{
+	chunkd_client *flood;
+	uint64_t t;
+	th_assert_ok(chunkd_open(D.env.name, &flood));
+	for (uint32_t n = 0; n < FLOOD_N;) {
+		for (uint32_t i = 0; i < FLOOD_BATCH; i++) {
+			chunkd_id id;
+			th_make_id(&id, 0xf100d + tag, n++);
+			th_assert_ok(chunkd_delete(flood, &id, &t));
+		}
+		/* Deletes of unknown chunks end 0 at once; the last one ends last. */
+		assert_int_equal(chunkd_wait(flood, t, WAIT_MS), 0);
+	}
+	chunkd_close(flood);
+}
+
 static void test_compaction_keeps_tickets_of_joined_downloads(void **state)
 {
 	const struct th_chunk *ch = &D.big.chunks[0];
 	struct fh_desc desc;
 	char prefix[256], base[128], journal[PATH_MAX];
 	uint64_t t1, t2, t;
-	chunkd_client *flood;
 	(void)state;
 	snprintf(journal, sizeof(journal), "%s/journal", D.env.data_dir);
 
@@ -965,18 +986,7 @@ static void test_compaction_keeps_tickets_of_joined_downloads(void **state)
 	wait_downloaded(&ch->id, 1);
 	th_assert_ok(chunkd_download(D.c, &desc.c, &t2));
 
-	/* A handle of its own: a pending ticket blocks its handle's ticket table 1024 later. */
-	th_assert_ok(chunkd_open(D.env.name, &flood));
-	for (uint32_t n = 0; n < FLOOD_N;) {
-		for (uint32_t i = 0; i < FLOOD_BATCH; i++) {
-			chunkd_id id;
-			th_make_id(&id, 0xf100d, n++);
-			th_assert_ok(chunkd_delete(flood, &id, &t));
-		}
-		/* Deletes of unknown chunks end 0 at once; the last one ends last. */
-		assert_int_equal(chunkd_wait(flood, t, WAIT_MS), 0);
-	}
-	chunkd_close(flood);
+	flood_journal(0);
 	int compacted = cr_count_lines(cur_log(), "journal: compacted");
 	fprintf(stderr,
 		"test_durable: %d deletes; the journal holds %" PRId64 " bytes, %d compaction%s "
@@ -1329,6 +1339,55 @@ static void test_reopened_handle_requests_survive_restart(void **state)
 	check_no_leftovers();
 }
 
+/* ---- k) regression: a refused download is not carried out after a restart ---------------- */
+
+/*
+ * Found by the same review: every valid download record was journaled before the daemon decided
+ * on it, so a refused one (-EEXIST: another descriptor) became its chunk's live record. Chunk X
+ * fails for good with descriptor 1 (its origin answers 404); descriptor 2 (valid URLs, a longer
+ * range) is refused. After a restart the journal must still want X as descriptor 1 (retried, and
+ * failed again), not download descriptor 2, which the daemon had refused, also when a compaction
+ * ran in between (before the fix, it kept only descriptor 2's record).
+ */
+static void test_refused_download_is_not_carried_out_after_restart(void **state)
+{
+	const struct th_chunk *ch = &D.env.man.chunks[4];
+	struct fh_desc bad, other;
+	char missing[200];
+	chunkd_chunk_status st;
+	uint64_t t;
+	(void)state;
+	snprintf(missing, sizeof(missing), "%s/no-such-dir", D.nginx_url);
+	th_assert_ok(fh_desc_init(&bad, ch, missing));
+	th_assert_ok(fh_desc_init(&other, ch, D.nginx_url));
+	other.c.end_block++;
+	th_assert_ok(chunkd_download(D.c, &bad.c, &t));
+	int r = chunkd_wait(D.c, t, WAIT_MS);
+	if (r != -EREMOTEIO)
+		fail_msg("the download from a missing origin ended %d (%s), expected -EREMOTEIO", r,
+			 chunkd_strerror(r));
+	th_assert_ok(chunkd_download(D.c, &other.c, &t));
+	assert_int_equal(chunkd_wait(D.c, t, WAIT_MS), -EEXIST);
+	/* A compaction keeps only live records: if the refused request were X's, descriptor 1's
+	 * record would be gone. */
+	flood_journal(1);
+	if (cr_count_lines(cur_log(), "journal: compacted") < 1)
+		fail_msg("the flood did not compact the journal: the case is not set up");
+
+	th_assert_ok(cr_sup_kill(&D.sup));
+	restart(NULL);
+	/* Descriptor 1 is wanted again: retried, and failed again. */
+	if (cr_wait_state(D.c, &ch->id, CHUNKD_CHUNK_FAILED, WAIT_MS, &st) != 0) {
+		char s[256];
+		fh_status_str(&st, s, sizeof(s));
+		th_daemon_dump_log(&D.env.d);
+		fail_msg("after the restart chunk %.16s is %s, expected FAILED (descriptor 1 retried)",
+			 ch->id_hex, s);
+	}
+	chunkd_ref ref;
+	assert_int_equal(chunkd_find(D.c, &ch->dataset, ch->first, &ref), -ENOENT);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1356,6 +1415,8 @@ int main(void)
 		test_dead_clients_journaled_records_are_not_taken_again, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_reopened_handle_requests_survive_restart, setup,
 					    teardown),
+	    cmocka_unit_test_setup_teardown(test_refused_download_is_not_carried_out_after_restart,
+					    setup, teardown),
 	};
 	/* CHUNKD_TEST_FILTER=pattern runs only the matching cases, e.g. "test_journal*". */
 	const char *filter = getenv("CHUNKD_TEST_FILTER");

@@ -515,7 +515,7 @@ static void test_create(void **state)
 	assert_memory_equal(h, "CNKDJRN1", 8);
 	uint32_t v[4];
 	memcpy(v, h + 8, 16);
-	assert_int_equal(v[0], 1);       /* version */
+	assert_int_equal(v[0], 2);       /* version */
 	assert_int_equal(v[1], HDR_LEN); /* header length */
 	assert_int_equal(v[2], 0);       /* flags */
 	assert_int_equal(v[3], chunkd__crc32c(0, h, 20));
@@ -1025,7 +1025,7 @@ static void test_bad_header(void **state)
 			want = "shorter";
 			break;
 		case 4: /* a future version, properly sealed */
-			buf[8] = 2;
+			buf[8] = 3;
 			{
 				uint32_t crc = chunkd__crc32c(0, buf, 20);
 				memcpy(buf + 20, &crc, 4);
@@ -1297,6 +1297,128 @@ static void test_compaction_keeps_what_it_is_told(void **state)
 	chunkd__journal_close(j);
 	free(seq);
 	model_free(&m);
+}
+
+/* Replay callback of test_refused_records: copies what it sees. */
+struct seen_rec {
+	uint32_t type;
+	uint64_t ticket;
+	int32_t refused;
+};
+struct seen {
+	struct seen_rec v[16];
+	size_t n;
+};
+
+static int see(const struct chunkd_jrec *r, void *arg)
+{
+	struct seen *s = arg;
+	if (s->n < 16)
+		s->v[s->n++] = (struct seen_rec){r->type, r->ticket, r->refused};
+	return 0;
+}
+
+/* Rewrite the journal's header as version 1 (what daemons before refused records wrote). */
+static void make_version1(int dirfd)
+{
+	size_t len;
+	uint8_t *h = slurp(dirfd, "journal", &len);
+	uint32_t one = 1;
+	memcpy(h + 8, &one, 4);
+	uint32_t crc = chunkd__crc32c(0, h, 20);
+	memcpy(h + 20, &crc, 4);
+	spit(dirfd, "journal", h, len);
+	free(h);
+}
+
+/*
+ * Refused records (version 2): a refused download is appended and replayed with its errno, but
+ * never becomes live (the id's live record stays the accepted one, also across a reopen), and
+ * compaction drops it. Invalid refusals are refused by append. A version 1 journal is read and
+ * rewritten as version 2 at open; a flagged record in a version 1 file is damage (cut).
+ */
+static void test_refused_records(void **state)
+{
+	struct env *e = *state;
+	struct chunkd_dl *dl = malloc(sizeof(*dl)), *dl2 = malloc(sizeof(*dl2));
+	uint64_t id[4] = {1, 2, 3, 4};
+	struct chunkd_journal_entry je;
+	struct chunkd_journal_stats st;
+	assert_non_null(dl);
+	assert_non_null(dl2);
+	gen_dl(11, id, 1, 0, dl);
+	gen_dl(12, id, 2, 0, dl2);
+	struct chunkd_journal *j = open_new(e->dirfd);
+	struct chunkd_jrec ok = {.type = CHUNKD_JREC_DOWNLOAD, .client = 3, .owner = 9, .ticket = 1,
+				 .dl = dl};
+	memcpy(ok.id, id, sizeof(id));
+	struct chunkd_jrec no = ok;
+	no.ticket = 2;
+	no.dl = dl2;
+	no.refused = -EEXIST;
+	assert_int_equal(chunkd__journal_append(j, &ok), 0);
+	assert_int_equal(chunkd__journal_live(j, id, &je), 0);
+	uint64_t live_off = je.off;
+	assert_int_equal(chunkd__journal_append(j, &no), 0);
+	assert_int_equal(chunkd__journal_live(j, id, &je), 0);
+	assert_int_equal(je.off, live_off); /* still the accepted one */
+	/* Invalid refusals. */
+	struct chunkd_jrec bad = no;
+	bad.refused = -256;
+	assert_int_equal(chunkd__journal_append(j, &bad), -EINVAL);
+	bad.refused = 5;
+	assert_int_equal(chunkd__journal_append(j, &bad), -EINVAL);
+	bad = no;
+	bad.type = CHUNKD_JREC_DELETE;
+	bad.dl = NULL;
+	assert_int_equal(chunkd__journal_append(j, &bad), -EINVAL);
+	assert_int_equal(chunkd__journal_sync(j), 0);
+	chunkd__journal_close(j);
+
+	struct seen s = {0};
+	assert_int_equal(chunkd__journal_open(e->dirfd, &j, see, &s, &st), 0);
+	assert_int_equal(st.cut, CHUNKD_JOURNAL_CUT_NONE);
+	assert_int_equal(s.n, 2);
+	assert_int_equal(s.v[0].refused, 0);
+	assert_int_equal(s.v[1].refused, -EEXIST);
+	assert_int_equal(s.v[1].ticket, 2);
+	assert_int_equal(chunkd__journal_live(j, id, &je), 0);
+	assert_int_equal(je.off, live_off);
+	assert_int_equal(st.live_records, 1);
+	chunkd__journal_set_compact_floor(j, 0);
+	assert_int_equal(chunkd__journal_compact(j), 0);
+	chunkd__journal_close(j);
+	memset(&s, 0, sizeof(s));
+	assert_int_equal(chunkd__journal_open(e->dirfd, &j, see, &s, &st), 0);
+	assert_int_equal(s.n, 1); /* the refused record is gone, the accepted one stays */
+	assert_int_equal(s.v[0].ticket, 1);
+	chunkd__journal_close(j);
+
+	/* A version 1 file: replayed, then rewritten as version 2. */
+	make_version1(e->dirfd);
+	memset(&s, 0, sizeof(s));
+	assert_int_equal(chunkd__journal_open(e->dirfd, &j, see, &s, &st), 0);
+	assert_int_equal(s.n, 1);
+	chunkd__journal_close(j);
+	size_t len;
+	uint8_t *h = slurp(e->dirfd, "journal", &len);
+	assert_int_equal(h[8], 2);
+	free(h);
+
+	/* A refused record in a version 1 file is damage: replay stops there. */
+	assert_int_equal(chunkd__journal_open(e->dirfd, &j, NULL, NULL, &st), 0);
+	assert_int_equal(chunkd__journal_append(j, &no), 0);
+	assert_int_equal(chunkd__journal_sync(j), 0);
+	chunkd__journal_close(j);
+	make_version1(e->dirfd);
+	memset(&s, 0, sizeof(s));
+	assert_int_equal(chunkd__journal_open(e->dirfd, &j, see, &s, &st), 0);
+	assert_int_equal(s.n, 1);
+	assert_int_equal(st.cut, CHUNKD_JOURNAL_CUT_CORRUPT); /* CRC-valid, bad content */
+	assert_non_null(strstr(st.why, "padding"));
+	chunkd__journal_close(j);
+	free(dl);
+	free(dl2);
 }
 
 /* The expected sequence after a compaction that forgot the ids with forget[p]: each remaining
@@ -1827,6 +1949,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_index_model, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_compaction, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_compaction_keeps_what_it_is_told, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_refused_records, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_compaction_crash_states, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_compaction_crash_points, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_compaction_errors, setup, teardown),
