@@ -18,6 +18,13 @@
  *            output, then sync(1).
  *   cp       cp -r of the web root, then sync(1): the same bytes from the page cache to the disk
  *            without any network, the disk's limit for this workload.
+ *   floor    The least CPU this machine spends to receive the bytes over HTTP and make them
+ *            durable, as a reference for the daemon's CPU target: a child process of this
+ *            program fetches every file over one keep-alive HTTP/1.1 connection and moves the
+ *            body from the socket into the file with splice(2) through a pipe (no copy into
+ *            user memory: the page-cache write is the only copy), then fsyncs the file and each
+ *            chunk directory. No checksum, no event loop, no bookkeeping: less work than any
+ *            daemon that must also verify and publish. CPU: the child's rusage.
  *
  * Nothing is dropped from the page cache (the machine is shared, and that needs root): the origin
  * is read once before the first timed run, so every method finds it cached, and every method's
@@ -27,9 +34,12 @@
  * every run the output is compared byte for byte with the origin (for chunkd: through
  * chunkd_find(), in the published chunk directory).
  */
+#include <arpa/inet.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <getopt.h>
 #include <limits.h>
 #include <signal.h>
@@ -61,8 +71,8 @@ static const char usage[] =
     "  -P, --parallel N      curl --parallel-max and aria2c -j (default 16)\n"
     "  -c, --chunkd PATH     the daemon (default: chunkd next to this program)\n"
     "  -N, --nginx-sh PATH   tests/servers/nginx.sh (default: the source tree's)\n"
-    "      --only METHODS    comma-separated subset of chunkd,curl,aria2c,cp (targets that need\n"
-    "                        a missing method are not checked)\n"
+    "      --only METHODS    comma-separated subset of chunkd,curl,aria2c,cp,floor (targets that\n"
+    "                        need a missing method are not checked)\n"
     "      --keep-logs       keep the work directory's logs (the daemon's, nginx's)\n"
     "      --strict          exit 1 when a target is missed\n"
     "  -h, --help            show this help and exit\n"
@@ -70,7 +80,9 @@ static const char usage[] =
     "Options after \"--\" are passed to chunkd. Needs nginx (nginx-light), curl, aria2c, cp and\n"
     "sync in $PATH. Result rows are also printed as \"ROW<TAB>...\" lines for bench/run.sh.\n"
     "Targets: chunkd wall <= 1.25x cp -r + sync and <= 0.8x curl --parallel + sync; daemon CPU\n"
-    "<= 0.5 s per GB; daemon peak RSS <= 64 MB.\n"
+    "<= 0.5 s per GB; daemon peak RSS <= 64 MB. The floor method (this program splicing every\n"
+    "file from the socket into its place over one connection, then fsync, no checksum) is the\n"
+    "reference for the CPU target: the least CPU this machine spends on the bytes.\n"
     "Exit status: 0 done (targets missed too, unless --strict), 1 a target missed with --strict,\n"
     "2 bad usage, 3 set-up or a method failed, 4 wrong bytes (the message names the file).\n";
 
@@ -96,9 +108,9 @@ struct chunk {
 	struct file *files;
 };
 
-enum method { M_CHUNKD, M_CURL, M_ARIA2, M_CP, M_COUNT };
+enum method { M_CHUNKD, M_CURL, M_ARIA2, M_CP, M_FLOOR, M_COUNT };
 
-static const char *const method_keys[M_COUNT] = {"chunkd", "curl", "aria2c", "cp"};
+static const char *const method_keys[M_COUNT] = {"chunkd", "curl", "aria2c", "cp", "floor"};
 
 struct sample {
 	double wall_s; /* see the header comment for where each clock starts and stops */
@@ -505,6 +517,137 @@ static void run_cp(struct bench *b, struct sample *s)
 	time_tool(b, argv, NULL, out, "cp", s);
 }
 
+/* ---- floor: splice from the socket into the files ------------------------------------------ */
+
+static int floor_connect(int port)
+{
+	int s = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	if (s < 0 || connect(s, (struct sockaddr *)&a, sizeof(a)) < 0)
+		return -1;
+	return s;
+}
+
+/* Send a GET, read the response header (peeked, then consumed exactly): the body's length, or
+ * -1 on anything but "200" with a Content-Length. */
+static long long floor_get(int s, const char *path)
+{
+	char req[1024], buf[8192];
+	int n = snprintf(req, sizeof(req), "GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", path);
+	if (n <= 0 || n >= (int)sizeof(req) || write(s, req, (size_t)n) != n)
+		return -1;
+	ssize_t hl = 0;
+	for (;;) {
+		ssize_t r = recv(s, buf, sizeof(buf) - 1, MSG_PEEK);
+		if (r <= 0)
+			return -1;
+		buf[r] = '\0';
+		char *e = strstr(buf, "\r\n\r\n");
+		if (e) {
+			hl = e + 4 - buf;
+			e[2] = '\0';
+			break;
+		}
+		if (r == (ssize_t)sizeof(buf) - 1)
+			return -1; /* a header this long is not nginx's */
+	}
+	char *cl = strcasestr(buf, "\r\nContent-Length:");
+	if (strncmp(buf, "HTTP/1.1 200 ", 13) || !cl || recv(s, buf, (size_t)hl, 0) != hl)
+		return -1;
+	return strtoll(cl + 17, NULL, 10);
+}
+
+/* In the child: fetch every file; 0 or exit status 1 after a message. */
+static int floor_child(const struct bench *b, const char *out)
+{
+	char path[PATH_MAX + 512], url[600];
+	int p[2];
+	int s = floor_connect(b->port);
+	if (s < 0 || pipe2(p, O_CLOEXEC) < 0) {
+		fprintf(stderr, "bench-download: floor: connect or pipe: %s\n", strerror(errno));
+		return 1;
+	}
+	fcntl(p[1], F_SETPIPE_SZ, 1 << 20); /* fewer round trips through the pipe; best effort */
+	for (size_t i = 0; i < b->nchunks; i++) {
+		const struct chunk *c = &b->chunks[i];
+		snprintf(path, sizeof(path), "%s/%s", out, c->ds_hex);
+		mkdir(path, 0755);
+		snprintf(path, sizeof(path), "%s/%s/%s", out, c->ds_hex, c->id_hex);
+		if (mkdir(path, 0755) < 0) {
+			fprintf(stderr, "bench-download: floor: mkdir %s: %s\n", path, strerror(errno));
+			return 1;
+		}
+		for (uint32_t k = 0; k < c->nfiles; k++) {
+			snprintf(url, sizeof(url), "/%s/%s/%s", c->ds_hex, c->id_hex, c->files[k].name);
+			long long left = floor_get(s, url);
+			if (left != (long long)c->files[k].size) {
+				fprintf(stderr, "bench-download: floor: GET %s: bad response\n", url);
+				return 1;
+			}
+			snprintf(path, sizeof(path), "%s/%s/%s/%s", out, c->ds_hex, c->id_hex,
+				 c->files[k].name);
+			int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+			if (fd < 0) {
+				fprintf(stderr, "bench-download: floor: %s: %s\n", path, strerror(errno));
+				return 1;
+			}
+			while (left > 0) {
+				ssize_t r = splice(s, NULL, p[1], NULL, (size_t)left, SPLICE_F_MOVE);
+				if (r <= 0) {
+					fprintf(stderr, "bench-download: floor: splice from the socket: "
+						"%s\n", r < 0 ? strerror(errno) : "end of stream");
+					return 1;
+				}
+				left -= r;
+				while (r > 0) {
+					ssize_t w = splice(p[0], NULL, fd, NULL, (size_t)r, SPLICE_F_MOVE);
+					if (w <= 0) {
+						fprintf(stderr, "bench-download: floor: splice into %s: "
+							"%s\n", path, strerror(errno));
+						return 1;
+					}
+					r -= w;
+				}
+			}
+			if (fsync(fd) < 0 || close(fd) < 0) {
+				fprintf(stderr, "bench-download: floor: fsync %s: %s\n", path,
+					strerror(errno));
+				return 1;
+			}
+		}
+		snprintf(path, sizeof(path), "%s/%s/%s", out, c->ds_hex, c->id_hex);
+		int dfd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		if (dfd < 0 || fsync(dfd) < 0) {
+			fprintf(stderr, "bench-download: floor: fsync %s: %s\n", path, strerror(errno));
+			return 1;
+		}
+		close(dfd);
+	}
+	return 0;
+}
+
+static void run_floor(struct bench *b, struct sample *s)
+{
+	char out[PATH_MAX];
+	out_dir(b, out, sizeof(out));
+	if (mkdir(out, 0755) < 0)
+		die("mkdir %s: %s", out, strerror(errno));
+	fflush(NULL);
+	uint64_t t0 = bench_now_ns();
+	pid_t pid = fork();
+	if (pid < 0)
+		die("fork: %s", strerror(errno));
+	if (pid == 0)
+		_exit(floor_child(b, out));
+	int r = bench_wait_child(pid, &s->cpu_s, &s->rss_kib);
+	s->wall_s = (double)(bench_now_ns() - t0) / 1e9;
+	s->sync_s = 0;
+	if (r != 0)
+		die("the floor method failed (status %d)", r);
+	verify_tree(b, out, "floor");
+}
+
 static void run_chunkd(struct bench *b, struct sample *s)
 {
 	char data[PATH_MAX], log[PATH_MAX + 16];
@@ -652,7 +795,7 @@ int main(int argc, char **argv)
 	static struct bench b;
 	const char *work_parent = NULL;
 	uint64_t reps = 3, parallel = 16;
-	int strict = 0, want[M_COUNT] = {1, 1, 1, 1}, c;
+	int strict = 0, want[M_COUNT] = {1, 1, 1, 1, 1}, c;
 	char defbin[PATH_MAX + 16];
 
 	b.nginx_sh = CHUNKD_SOURCE_DIR "/tests/servers/nginx.sh";
@@ -790,9 +933,12 @@ int main(int argc, char **argv)
 			case M_CP:
 				run_cp(&b, s);
 				break;
+			case M_FLOOR:
+				run_floor(&b, s);
+				break;
 			}
 			char syn[32] = "-";
-			if (m != M_CHUNKD)
+			if (m != M_CHUNKD && m != M_FLOOR)
 				snprintf(syn, sizeof(syn), "%.3f", s->sync_s);
 			printf("%-4llu %-8s %10.3f %9s %9.3f %7.1f MB\n",
 			       (unsigned long long)rep + 1, method_keys[m], s->wall_s, syn,
@@ -841,6 +987,7 @@ int main(int argc, char **argv)
 	snprintf(label[M_ARIA2], sizeof(label[0]), "aria2c -j %u --file-allocation=none + sync",
 		 b.parallel);
 	snprintf(label[M_CP], sizeof(label[0]), "cp -r + sync (the disk limit)");
+	snprintf(label[M_FLOOR], sizeof(label[0]), "floor: splice socket->file, fsync (CPU ref.)");
 	printf("\n%s in %zu files; median of %llu repetitions (min, max); CPU: chunkd's daemon, "
 	       "else the tool + sync(1); RSS: daemon VmHWM, else the tool's maxrss (max over "
 	       "reps)\n",
@@ -854,7 +1001,7 @@ int main(int argc, char **argv)
 		char ratio[32] = "-", syn[32] = "-";
 		if (want[M_CP])
 			snprintf(ratio, sizeof(ratio), "%.2fx", vs_cp[m]);
-		if (m != M_CHUNKD)
+		if (m != M_CHUNKD && m != M_FLOOR)
 			snprintf(syn, sizeof(syn), "%.3f", syncm[m]);
 		printf("%-48s %8.3f %8.3f %8.3f %8s %8.0f %10s %7.3f %6.1f MB\n", label[m], wall[m],
 		       wmin[m], wmax[m], syn, (double)b.bytes / 1e6 / wall[m], ratio, cpu[m],
@@ -869,7 +1016,7 @@ int main(int argc, char **argv)
 			continue;
 		snprintf(what, sizeof(what), "download: %s", label[m]);
 		char syn[48] = "";
-		if (m != M_CHUNKD)
+		if (m != M_CHUNKD && m != M_FLOOR)
 			snprintf(syn, sizeof(syn), " (sync %.2f s)", syncm[m]);
 		snprintf(val, sizeof(val), "%.2f s%s, min %.2f, max %.2f; %.0f MB/s; CPU %.2f s; "
 			 "peak RSS %.1f MB", wall[m], syn, wmin[m], wmax[m],
@@ -910,7 +1057,22 @@ int main(int argc, char **argv)
 		       pass ? "PASS" : "MISS");
 		snprintf(val, sizeof(val), "%.3f s/GB (%.3f s for %s)", per_gb, cpu[M_CHUNKD],
 			 bench_fmt_bytes((double)b.bytes, sz, sizeof(sz)));
-		bench_row("download", "target: daemon CPU per GB", val, NULL, "<= 0.5 s/GB",
+		char fl[64] = "-";
+		if (want[M_FLOOR]) {
+			double floor_gb = cpu[M_FLOOR] / gb;
+			snprintf(fl, sizeof(fl), "%.2fx floor", per_gb / floor_gb);
+			printf("        reference: the floor method's CPU      %5.3f s/GB  (%s: chunkd "
+			       "%.2fx the floor)%s\n",
+			       floor_gb, floor_gb > 0.5 ? "above the target" : "below the target",
+			       per_gb / floor_gb,
+			       floor_gb > 0.5 ? "; receiving and writing the bytes alone costs more "
+						"here" : "");
+			snprintf(what, sizeof(what), "%.3f s/GB (median of %llu runs)", floor_gb,
+				 (unsigned long long)reps);
+			bench_row("download", "reference: floor CPU per GB (splice, fsync, no checksum)",
+				  what, NULL, NULL, NULL);
+		}
+		bench_row("download", "target: daemon CPU per GB", val, fl, "<= 0.5 s/GB",
 			  pass ? "PASS" : "MISS");
 		pass = rss_max[M_CHUNKD] <= 64;
 		missed |= !pass;

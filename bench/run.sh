@@ -9,7 +9,8 @@
 # 3. bench-start: exec chunkd on the data dir several times, exec -> READY.
 # 4. Start one daemon (instance bench-PID), run bench-lookup against it, stop it with SIGTERM.
 # 5. bench-download: chunkd, curl --parallel, aria2c and cp -r moving the web root's files from a
-#    local nginx (or the disk) to the disk, each made durable.
+#    local nginx (or the disk) to the disk, each made durable, and the floor method (splice from
+#    the socket into the files), the reference for the daemon's CPU target.
 # 6. bench-request: chunkd_download() enqueue cost and request latencies against a daemon of
 #    its own, beside a Unix-socket round trip.
 # 7. bench-start --journal: READY and journal replay rate with the journal's 1M records.
