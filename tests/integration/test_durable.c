@@ -1268,10 +1268,11 @@ static void test_dead_clients_journaled_records_are_not_taken_again(void **state
  * downloads X while the daemon is stopped, and the daemon is killed and restarted: the download
  * must end 0.
  */
-static int no_slot_of_mine(void *arg)
+/* Condition for th_wait: client slot *arg is free (owner word 0, not RECLAIM any more). */
+static int slot_free(void *arg)
 {
-	(void)arg;
-	return th_clients_in_use(D.env.name, getpid()) == 0;
+	uint64_t owner;
+	return th_client_owner(D.env.name, *(uint32_t *)arg, &owner) == 0 && owner == 0;
 }
 
 static int j_child(struct th_child *self, void *arg)
@@ -1292,7 +1293,9 @@ static int j_child(struct th_child *self, void *arg)
 	r = chunkd_wait(c, t, WAIT_MS);
 	TH_CHECK(self, r == 0, "the delete (journaled) ended %s", chunkd_strerror(r));
 	chunkd_close(c);
-	TH_CHECK(self, th_wait(no_slot_of_mine, NULL, WAIT_MS) == 0, "the slot was never freed");
+	TH_CHECK(self, slot1 >= 0, "no slot names this process");
+	uint32_t s1 = (uint32_t)slot1;
+	TH_CHECK(self, th_wait(slot_free, &s1, WAIT_MS) == 0, "slot %d was never freed", slot1);
 	r = chunkd_open(D.env.name, &c);
 	TH_CHECK(self, r == 0, "chunkd_open again: %s", chunkd_strerror(r));
 	int slot2 = th_client_slot(D.env.name, getpid(), NULL);
