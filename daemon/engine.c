@@ -177,6 +177,7 @@ struct engine {
 	struct chunkd_journal *jr;
 	struct op commit_op;
 	int commit_inflight;    /* completions still to come for the commit in flight (0-2) */
+	int heads_ready;        /* the last commit completed: release head_commit after posting */
 	int commit_res;
 	uint64_t *head_commit;  /* per client: ring head covered by the commit in flight */
 	uint32_t *ring_gen;     /* per client: bumped when its ring is reset */
@@ -187,6 +188,10 @@ struct engine {
 	struct replayed *rp;
 	uint32_t nrp, caprp;
 	uint64_t *replay_owner, *replay_ticket; /* per client: the last journaled request */
+	/* Per client: the ring's tail at start. Only records before it can have been journaled
+	 * by an earlier daemon (the skip by ticket applies to them alone: after a reboot a new
+	 * process may carry an old owner word, and CLOCK_MONOTONIC tickets start low again). */
+	uint64_t *skip_end;
 	uint64_t replay_order;
 	uint32_t *rpi_slots; /* hash of replay entries: index + 1, 0 = empty */
 	struct absent *absent; /* replayed deletes that no other record of their id follows */
@@ -849,6 +854,7 @@ static int intake_client(struct engine *e, uint32_t i, uint64_t owner, uint32_t 
 			more = 1;
 			break;
 		}
+		uint64_t pos = head;
 		int n = chunkd__sq_pop(cl, &head, tail, e->rec, CHUNKD_REC_MAX);
 		if (n == 0)
 			break;
@@ -858,7 +864,7 @@ static int intake_client(struct engine *e, uint32_t i, uint64_t owner, uint32_t 
 		 * a restart and replayed already. An invalid one never was (its -EINVAL may not have
 		 * been posted when the daemon died): it is refused again. */
 		int replayed = n > 0 && owner && owner == e->replay_owner[i] &&
-			       h->ticket <= e->replay_ticket[i];
+			       h->ticket <= e->replay_ticket[i] && pos < e->skip_end[i];
 		if (n < 0) {
 			log_warn("client pid %d (slot %u): garbage in its request ring; skipped to the "
 				 "tail", (int)CHUNKD_OWNER_PID(owner), i);
@@ -955,6 +961,7 @@ static void finish_gone(struct engine *e, uint32_t client)
 	e->head[client] = 0;
 	e->ring_gen[client]++;
 	e->replay_owner[client] = 0;
+	e->skip_end[client] = 0;
 	chunkd__store_relaxed(&cl->d.reclaim_owner, 0);
 	chunkd__store_relaxed(&cl->ctl.sq_tail, 0);
 	chunkd__store_relaxed(&cl->d.sq_head, 0);
@@ -2252,7 +2259,10 @@ static void on_commit(struct loop *l, struct op *op, int res, uint32_t flags)
 		e->fatal = 1;
 		return;
 	}
-	release_heads(e, e->head_commit, e->gen_commit);
+	/* The ring heads move in chunkd__engine_flush, after the results are posted: a record
+	 * that was not journaled (refused as invalid) is answered before its ring space is
+	 * freed, so a crash in between makes the next daemon answer it again. */
+	e->heads_ready = 1;
 }
 
 /*
@@ -2335,8 +2345,8 @@ static int compact(struct engine *e)
 		e->fatal = 1;
 		return r;
 	}
-	release_heads(e, NULL, NULL);
 	deliver_posts(e);
+	release_heads(e, NULL, NULL);
 	r = chunkd__journal_compact(e->jr);
 	if (r < 0) {
 		log_error("journal: compaction failed: %s", strerror(-r));
@@ -2386,8 +2396,15 @@ static void commit(struct engine *e)
 
 void chunkd__engine_flush(struct engine *e)
 {
-	/* Publish first: a result says "findable" or "unfindable" only once the index does. */
+	/* Publish first: a result says "findable" or "unfindable" only once the index does. Then
+	 * post what is durable, and only then free the ring space of a completed commit (a
+	 * request's record leaves its ring after its result is posted: see on_commit). */
 	chunkd__catalog_flush(e->cat);
+	deliver_posts(e);
+	if (e->heads_ready) {
+		e->heads_ready = 0;
+		release_heads(e, e->head_commit, e->gen_commit);
+	}
 	commit(e);
 	deliver_posts(e);
 	bury(e);
@@ -2481,8 +2498,10 @@ int chunkd__engine_quiesce(struct engine *e)
 	if (e->commit_inflight || !chunkd__http_idle(e))
 		return 0;
 	/* Everything taken from the rings is durable before we go, and the rings say so. */
-	if (chunkd__journal_sync(e->jr) == 0)
+	if (chunkd__journal_sync(e->jr) == 0) {
+		deliver_posts(e);
 		release_heads(e, NULL, NULL);
+	}
 	chunkd__engine_flush(e);
 	return 1;
 }
@@ -2778,6 +2797,7 @@ int chunkd__engine_prepare(struct instance *in, struct catalog *cat,
 	e->gone = calloc(e->nclients, 1);
 	e->replay_owner = calloc(e->nclients, sizeof(*e->replay_owner));
 	e->replay_ticket = calloc(e->nclients, sizeof(*e->replay_ticket));
+	e->skip_end = calloc(e->nclients, sizeof(*e->skip_end));
 	e->rec = malloc(CHUNKD_REC_MAX);
 	e->dl_scratch = malloc(sizeof(*e->dl_scratch));
 	e->ds = calloc(dscap, sizeof(*e->ds));
@@ -2785,7 +2805,7 @@ int chunkd__engine_prepare(struct instance *in, struct catalog *cat,
 	e->buf_mem = malloc((size_t)cfg->buffers * WBUF_SIZE);
 	if (!e->jobs || !e->woken || !e->head || !e->rec || !e->dl_scratch || !e->ds || !e->bufs ||
 	    !e->buf_mem || !e->head_commit || !e->ring_gen || !e->gen_commit || !e->gone_seq ||
-	    !e->gone || !e->replay_owner || !e->replay_ticket)
+	    !e->gone || !e->replay_owner || !e->replay_ticket || !e->skip_end)
 		goto err;
 	for (uint32_t i = 0; i < cfg->buffers; i++) {
 		e->bufs[i].data = e->buf_mem + (size_t)i * WBUF_SIZE;
@@ -2847,8 +2867,12 @@ int chunkd__engine_start(struct engine *e, struct loop *l)
 		condemned_add(e, j);
 	}
 	/* Ring heads: the daemon starts where the rings stand (a fresh segment: 0). */
-	for (uint32_t c = 0; c < e->nclients; c++)
-		e->head[c] = chunkd__load_acquire(&chunkd__req_client(&e->in->req, c)->d.sq_head);
+	for (uint32_t c = 0; c < e->nclients; c++) {
+		struct chunkd_req_client *cl = chunkd__req_client(&e->in->req, c);
+		e->head[c] = chunkd__load_acquire(&cl->d.sq_head);
+		/* Untrusted, only compared: a client that lies about it only mislabels its own. */
+		e->skip_end[c] = chunkd__load_acquire(&cl->ctl.sq_tail);
+	}
 	if (js.cut == CHUNKD_JOURNAL_CUT_TORN)
 		log_warn("journal: torn tail, truncated %llu bytes at offset %llu",
 			 (unsigned long long)js.cut_bytes, (unsigned long long)js.cut_offset);
@@ -2859,6 +2883,8 @@ int chunkd__engine_start(struct engine *e, struct loop *l)
 	log_info("journal: replayed %llu records (%llu live) in %.1f ms",
 		 (unsigned long long)js.records, (unsigned long long)js.live_records,
 		 (double)js.replay_ns / 1e6);
+	if (js.upgraded)
+		log_info("journal: rewritten in format version %u (was 1)", CHUNKD_JOURNAL_VERSION);
 	/* Deletes without a replay entry, in journal order: a later record of the same id made
 	 * one (a download: replay_cb folds deletes after an entry into it), and it decides, while
 	 * the delete reached its goal before that download, as replay_cb answers the deletes it
@@ -2919,6 +2945,7 @@ void chunkd__engine_destroy(struct engine *e)
 	free(e->gone);
 	free(e->replay_owner);
 	free(e->replay_ticket);
+	free(e->skip_end);
 	for (uint32_t i = 0; i < e->nrp; i++) {
 		free(e->rp[i].dl);
 		free(e->rp[i].w);

@@ -301,13 +301,13 @@ static const char *dl_problem(const struct chunkd_dl *dl, const uint16_t *nl, co
 
 /* Encode r (validated) into p, which has room for `size` bytes, the record's length. */
 static void encode(uint8_t *p, size_t size, const struct chunkd_jrec *r, uint64_t ts,
-		   const uint16_t *nl, const uint16_t *ul)
+		   const uint16_t *nl, const uint16_t *ul, uint32_t version)
 {
 	memset(p, 0, R_FILES < size ? R_FILES : size);
 	put32(p + R_LEN, (uint32_t)size);
 	put64(p + R_TS, ts);
 	p[R_TYPE] = (uint8_t)r->type;
-	if (r->refused) {
+	if (r->refused && version >= 2) {
 		p[R_FLAGS] = F_REFUSED;
 		p[R_ERRNO] = (uint8_t)-r->refused;
 	}
@@ -653,6 +653,8 @@ static int zero_from(struct reader *rd, uint64_t from)
 
 /* ---- open and replay ------------------------------------------------------------------------- */
 
+static int keep_all(const struct chunkd_jrec *r, void *arg);
+
 static void header_bytes(uint8_t h[JHDR_LEN])
 {
 	memset(h, 0, JHDR_LEN);
@@ -965,15 +967,23 @@ int chunkd__journal_open(int dirfd, struct chunkd_journal **out, chunkd_journal_
 		if (rc)
 			goto err_fd;
 	}
-	/* A version 1 file is rewritten as version 2 (a compaction writes the current header)
-	 * before anything is appended: refused records may follow. */
-	if (j->file_version < CHUNKD_JOURNAL_VERSION) {
+	/* A version 1 file is copied whole, every record as it is (a version 1 record reads the
+	 * same in version 2), under a version 2 header before anything is appended: refused
+	 * records may follow. Whole, because the caller cannot have said yet which superseded
+	 * records still wait for an answer. If that fails (a full disk), the file stays version 1
+	 * and refused records are written the version 1 way until a compaction succeeds. */
+	if (j->file_version < CHUNKD_JOURNAL_VERSION && j->durable_end > JHDR_LEN) {
+		chunkd_journal_keep_fn keep = j->keep;
+		void *keep_arg = j->keep_arg;
+		j->keep = keep_all;
 		rc = chunkd__journal_compact(j);
-		if (rc) {
-			set_why(st, "cannot rewrite the version %u journal as version %u",
-				j->file_version, CHUNKD_JOURNAL_VERSION);
-			goto err_fd;
-		}
+		j->keep = keep;
+		j->keep_arg = keep_arg;
+		if (rc == 0)
+			st->upgraded = 1;
+		else if (j->err)
+			goto err_fd; /* the rename happened but may not be durable: sticky */
+		rc = 0;
 	}
 
 	st->replay_ns = now_ns(CLOCK_MONOTONIC) - t0;
@@ -1063,10 +1073,13 @@ int chunkd__journal_append(struct chunkd_journal *j, const struct chunkd_jrec *r
 	}
 	uint64_t off = logical_end(j);
 	uint64_t ts = r->ts_ns ? r->ts_ns : now_ns(CLOCK_REALTIME);
-	int rc = r->refused ? 0 : index_put(j, r->id, id_hash(r->id), off, (uint32_t)size, r->type, ts);
+	/* A version 1 file cannot say "refused" (its upgrade failed): such a record is written
+	 * and indexed as accepted, as version 1 always did. */
+	int refused = r->refused && j->file_version >= 2;
+	int rc = refused ? 0 : index_put(j, r->id, id_hash(r->id), off, (uint32_t)size, r->type, ts);
 	if (rc)
 		return rc;
-	encode(b->p + b->len, size, r, ts, nl, ul);
+	encode(b->p + b->len, size, r, ts, nl, ul, j->file_version);
 	b->len += size;
 	j->last_seq++;
 	return 0;
@@ -1216,12 +1229,21 @@ void chunkd__journal_set_keep(struct chunkd_journal *j, chunkd_journal_keep_fn k
 	j->keep_arg = arg;
 }
 
+/* A keep function that keeps everything (upgrading a version 1 file). */
+static int keep_all(const struct chunkd_jrec *r, void *arg)
+{
+	(void)r;
+	(void)arg;
+	return 1;
+}
+
 /* Whether compaction keeps the superseded record at p: the caller's keep function says so. */
 static int keep_superseded(const struct chunkd_journal *j, const uint8_t *p)
 {
 	if (!j->keep)
 		return 0;
 	struct chunkd_jrec r = {.type = p[R_TYPE],
+				.refused = p[R_FLAGS] & F_REFUSED ? -(int32_t)p[R_ERRNO] : 0,
 				.ts_ns = get64(p + R_TS),
 				.client = get32(p + R_CLIENT),
 				.owner = get64(p + R_OWNER),

@@ -97,6 +97,7 @@ struct chunkd_journal_stats {
 	uint64_t cut_bytes;    /* how many bytes were cut */
 	int created;           /* 1: open created a new, empty journal */
 	int tmp_removed; /* 1: open removed a leftover journal.tmp (an interrupted compaction) */
+	int upgraded;    /* 1: open rewrote a version 1 journal as the current version */
 	char why[128];   /* on a cut or -EPROTO: what was wrong, NUL-terminated; else "" */
 };
 

@@ -1394,16 +1394,31 @@ static void test_refused_records(void **state)
 	assert_int_equal(s.v[0].ticket, 1);
 	chunkd__journal_close(j);
 
-	/* A version 1 file: replayed, then rewritten as version 2. */
+	/* A version 1 file: replayed, then copied whole (superseded records too: their requests
+	 * may still wait) under a version 2 header. */
+	assert_int_equal(chunkd__journal_open(e->dirfd, &j, NULL, NULL, &st), 0);
+	struct chunkd_jrec again = ok;
+	again.ticket = 3;
+	assert_int_equal(chunkd__journal_append(j, &again), 0);
+	assert_int_equal(chunkd__journal_sync(j), 0);
+	chunkd__journal_close(j);
 	make_version1(e->dirfd);
 	memset(&s, 0, sizeof(s));
 	assert_int_equal(chunkd__journal_open(e->dirfd, &j, see, &s, &st), 0);
-	assert_int_equal(s.n, 1);
+	assert_int_equal(s.n, 2);
+	assert_int_equal(st.upgraded, 1);
 	chunkd__journal_close(j);
 	size_t len;
 	uint8_t *h = slurp(e->dirfd, "journal", &len);
 	assert_int_equal(h[8], 2);
 	free(h);
+	memset(&s, 0, sizeof(s));
+	assert_int_equal(chunkd__journal_open(e->dirfd, &j, see, &s, &st), 0);
+	assert_int_equal(st.upgraded, 0);
+	assert_int_equal(s.n, 2); /* ticket 1's record survived the upgrade */
+	assert_int_equal(s.v[0].ticket, 1);
+	assert_int_equal(s.v[1].ticket, 3);
+	chunkd__journal_close(j);
 
 	/* A refused record in a version 1 file is damage: replay stops there. */
 	assert_int_equal(chunkd__journal_open(e->dirfd, &j, NULL, NULL, &st), 0);
@@ -1413,7 +1428,7 @@ static void test_refused_records(void **state)
 	make_version1(e->dirfd);
 	memset(&s, 0, sizeof(s));
 	assert_int_equal(chunkd__journal_open(e->dirfd, &j, see, &s, &st), 0);
-	assert_int_equal(s.n, 1);
+	assert_int_equal(s.n, 2);
 	assert_int_equal(st.cut, CHUNKD_JOURNAL_CUT_CORRUPT); /* CRC-valid, bad content */
 	assert_non_null(strstr(st.why, "padding"));
 	chunkd__journal_close(j);
