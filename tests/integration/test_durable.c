@@ -36,6 +36,9 @@
  *    handle's requests across a restart.
  * k) A download the daemon refused (-EEXIST) does not become the chunk's desired state after a
  *    restart: the chunk's last accepted request still decides.
+ * l) A journal record naming this client's slot and owner word with a higher ticket (what a
+ *    process before a reboot can leave) does not make the restarted daemon skip requests
+ *    enqueued after it started.
  *
  * CHUNKD_TEST_FILTER=pattern runs only the matching cases.
  */
@@ -1391,6 +1394,41 @@ static void test_refused_download_is_not_carried_out_after_restart(void **state)
 	assert_int_equal(chunkd_find(D.c, &ch->dataset, ch->first, &ref), -ENOENT);
 }
 
+/* ---- l) the skip of journaled ring records is bounded to the rings at start -------------- */
+
+/*
+ * After a reboot the journal survives while CLOCK_MONOTONIC (the tickets' base) starts low again,
+ * and a new process may carry an old owner word (pid and start time in ticks since boot, the
+ * same for a service started the same way). The daemon skips a ring record whose ticket is at
+ * or below the client's last journaled one, as journaled already: that may only apply to
+ * records that were in the ring when it started. Here the journal gets a record for this
+ * process's slot and owner word with a ticket far above its own; after the restart a new
+ * download must be carried out.
+ */
+static void test_old_journal_tickets_do_not_hide_new_requests(void **state)
+{
+	const struct th_chunk *ch = &D.env.man.chunks[3];
+	struct fh_desc desc;
+	chunkd_id other;
+	uint64_t owner, t;
+	(void)state;
+	th_assert_ok(fh_desc_init(&desc, ch, D.nginx_url));
+	uint32_t slot = my_slot(&owner);
+	th_assert_ok(cr_sup_kill(&D.sup));
+	th_make_id(&other, 0x1b00, 1);
+	journal_as_daemon(slot, owner, UINT64_MAX / 2, &other, NULL);
+	restart(NULL);
+	th_assert_ok(chunkd_download(D.c, &desc.c, &t));
+	assert_true(t < UINT64_MAX / 2);
+	int r = chunkd_wait(D.c, t, WAIT_MS);
+	if (r != 0) {
+		th_daemon_dump_log(&D.env.d);
+		fail_msg("a download enqueued after the restart ended %d (%s): skipped as journaled",
+			 r, chunkd_strerror(r));
+	}
+	check_published(ch, &D.small_bytes);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1419,6 +1457,8 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_reopened_handle_requests_survive_restart, setup,
 					    teardown),
 	    cmocka_unit_test_setup_teardown(test_refused_download_is_not_carried_out_after_restart,
+					    setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_old_journal_tickets_do_not_hide_new_requests,
 					    setup, teardown),
 	};
 	/* CHUNKD_TEST_FILTER=pattern runs only the matching cases, e.g. "test_journal*". */
