@@ -2335,15 +2335,16 @@ static void deliver_posts(struct engine *e)
  * Compacting first left a window, the rename and the directory's fsync, in which a kill lost
  * the tickets of requests that a later record of the same id superseded in that very commit;
  * and journaling the joined downloads again after the compaction left one until that sync.
- * Synchronous, like the compaction itself. 0, or the commit's error (e->fatal is set).
+ * Synchronous, like the compaction itself. A failed sync is fatal (e->fatal); a failed
+ * compaction only waits for the next try, unless the journal can no longer be trusted.
  */
-static int compact(struct engine *e)
+static void compact(struct engine *e)
 {
 	int r = chunkd__journal_sync(e->jr);
 	if (r < 0) {
 		log_error("journal: commit failed: %s; stopping", strerror(-r));
 		e->fatal = 1;
-		return r;
+		return;
 	}
 	deliver_posts(e);
 	release_heads(e, NULL, NULL);
@@ -2352,13 +2353,12 @@ static int compact(struct engine *e)
 		log_error("journal: compaction failed: %s", strerror(-r));
 		if (r != -EBUSY && r != -ENOMEM && r != -EIO)
 			e->fatal = 1;
-		return 0; /* the records are durable; compaction is tried again later */
+		return; /* the records are durable; compaction is tried again later */
 	}
 	struct chunkd_journal_stats st;
 	chunkd__journal_stats(e->jr, &st);
 	log_info("journal: compacted to %llu live records, %llu bytes",
 		 (unsigned long long)st.live_records, (unsigned long long)st.file_bytes);
-	return 0;
 }
 
 /* Group commit: everything journaled in this iteration is written and fdatasynced together,
@@ -2405,8 +2405,7 @@ void chunkd__engine_flush(struct engine *e)
 		e->heads_ready = 0;
 		release_heads(e, e->head_commit, e->gen_commit);
 	}
-	commit(e);
-	deliver_posts(e);
+	commit(e); /* a compaction in it posts what it made durable */
 	bury(e);
 }
 

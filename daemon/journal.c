@@ -973,12 +973,9 @@ int chunkd__journal_open(int dirfd, struct chunkd_journal **out, chunkd_journal_
 	 * records still wait for an answer. If that fails (a full disk), the file stays version 1
 	 * and refused records are written the version 1 way until a compaction succeeds. */
 	if (j->file_version < CHUNKD_JOURNAL_VERSION && j->durable_end > JHDR_LEN) {
-		chunkd_journal_keep_fn keep = j->keep;
-		void *keep_arg = j->keep_arg;
-		j->keep = keep_all;
+		j->keep = keep_all; /* no keep function can be set before open returns */
 		rc = chunkd__journal_compact(j);
-		j->keep = keep;
-		j->keep_arg = keep_arg;
+		j->keep = NULL;
 		if (rc == 0)
 			st->upgraded = 1;
 		else if (j->err)

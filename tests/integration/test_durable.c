@@ -1146,10 +1146,10 @@ static void freeze_daemon(void)
 	th_assert_ok(th_wait_proc_stopped(D.env.d.pid, 5000));
 }
 
-/* This process's client slot (D.c, its only handle) and that slot's owner word. */
-static uint32_t my_slot(uint64_t *owner)
+/* The client slot of process pid (its only handle; D.c for this process) and its owner word. */
+static uint32_t slot_of(pid_t pid, uint64_t *owner)
 {
-	int slot = th_client_slot(D.env.name, getpid(), NULL);
+	int slot = th_client_slot(D.env.name, pid, NULL);
 	assert_true(slot >= 0);
 	th_assert_ok(th_client_owner(D.env.name, (uint32_t)slot, owner));
 	return (uint32_t)slot;
@@ -1166,7 +1166,7 @@ static void test_replayed_delete_before_download_is_answered(void **state)
 	freeze_daemon();
 	th_assert_ok(chunkd_delete(D.c, &ch->id, &t1));
 	th_assert_ok(chunkd_download(D.c, &desc.c, &t2));
-	uint32_t slot = my_slot(&owner);
+	uint32_t slot = slot_of(getpid(), &owner);
 	th_assert_ok(cr_sup_kill(&D.sup));
 	/* The records the killed daemon would have journaled, in its order. */
 	journal_as_daemon(slot, owner, t1, &ch->id, NULL);
@@ -1232,9 +1232,7 @@ static void test_dead_clients_journaled_records_are_not_taken_again(void **state
 	th_assert_ok(fh_desc_init(&desc, ch, D.nginx_url));
 	th_assert_ok(th_child_start(&child, i_child, (void *)ch));
 	th_assert_ok(th_child_expect(&child, "OPEN", line, sizeof(line), CHILD_MS));
-	int child_slot = th_client_slot(D.env.name, child.pid, NULL);
-	assert_true(child_slot >= 0);
-	th_assert_ok(th_client_owner(D.env.name, (uint32_t)child_slot, &child_owner));
+	uint32_t child_slot = slot_of(child.pid, &child_owner);
 
 	freeze_daemon();
 	th_assert_ok(th_child_send(&child, "DELETE"));
@@ -1242,9 +1240,9 @@ static void test_dead_clients_journaled_records_are_not_taken_again(void **state
 	assert_int_equal(sscanf(line, "TICKET %" SCNu64, &t1), 1);
 	assert_true(th_exited_with(th_child_finish(&child, CHILD_MS), 0));
 	th_assert_ok(chunkd_download(D.c, &desc.c, &t2));
-	uint32_t slot = my_slot(&owner);
+	uint32_t slot = slot_of(getpid(), &owner);
 	th_assert_ok(cr_sup_kill(&D.sup));
-	journal_as_daemon((uint32_t)child_slot, child_owner, t1, &ch->id, NULL);
+	journal_as_daemon(child_slot, child_owner, t1, &ch->id, NULL);
 	journal_as_daemon(slot, owner, t2, &ch->id, &desc.c);
 
 	restart(NULL);
@@ -1413,7 +1411,7 @@ static void test_old_journal_tickets_do_not_hide_new_requests(void **state)
 	uint64_t owner, t;
 	(void)state;
 	th_assert_ok(fh_desc_init(&desc, ch, D.nginx_url));
-	uint32_t slot = my_slot(&owner);
+	uint32_t slot = slot_of(getpid(), &owner);
 	th_assert_ok(cr_sup_kill(&D.sup));
 	th_make_id(&other, 0x1b00, 1);
 	journal_as_daemon(slot, owner, UINT64_MAX / 2, &other, NULL);

@@ -1318,6 +1318,25 @@ static int see(const struct chunkd_jrec *r, void *arg)
 	return 0;
 }
 
+/* Append r to the closed journal in dirfd and make it durable. */
+static void append_durably(int dirfd, const struct chunkd_jrec *r)
+{
+	struct chunkd_journal *j;
+	assert_int_equal(chunkd__journal_open(dirfd, &j, NULL, NULL, NULL), 0);
+	assert_int_equal(chunkd__journal_append(j, r), 0);
+	assert_int_equal(chunkd__journal_sync(j), 0);
+	chunkd__journal_close(j);
+}
+
+/* Open the journal in dirfd, recording what replay passes into *s (emptied first). */
+static struct chunkd_journal *open_seen(int dirfd, struct seen *s, struct chunkd_journal_stats *st)
+{
+	struct chunkd_journal *j;
+	memset(s, 0, sizeof(*s));
+	assert_int_equal(chunkd__journal_open(dirfd, &j, see, s, st), 0);
+	return j;
+}
+
 /* Rewrite the journal's header as version 1 (what daemons before refused records wrote). */
 static void make_version1(int dirfd)
 {
@@ -1375,8 +1394,8 @@ static void test_refused_records(void **state)
 	assert_int_equal(chunkd__journal_sync(j), 0);
 	chunkd__journal_close(j);
 
-	struct seen s = {0};
-	assert_int_equal(chunkd__journal_open(e->dirfd, &j, see, &s, &st), 0);
+	struct seen s;
+	j = open_seen(e->dirfd, &s, &st);
 	assert_int_equal(st.cut, CHUNKD_JOURNAL_CUT_NONE);
 	assert_int_equal(s.n, 2);
 	assert_int_equal(s.v[0].refused, 0);
@@ -1388,23 +1407,18 @@ static void test_refused_records(void **state)
 	chunkd__journal_set_compact_floor(j, 0);
 	assert_int_equal(chunkd__journal_compact(j), 0);
 	chunkd__journal_close(j);
-	memset(&s, 0, sizeof(s));
-	assert_int_equal(chunkd__journal_open(e->dirfd, &j, see, &s, &st), 0);
+	j = open_seen(e->dirfd, &s, &st);
 	assert_int_equal(s.n, 1); /* the refused record is gone, the accepted one stays */
 	assert_int_equal(s.v[0].ticket, 1);
 	chunkd__journal_close(j);
 
 	/* A version 1 file: replayed, then copied whole (superseded records too: their requests
 	 * may still wait) under a version 2 header. */
-	assert_int_equal(chunkd__journal_open(e->dirfd, &j, NULL, NULL, &st), 0);
 	struct chunkd_jrec again = ok;
 	again.ticket = 3;
-	assert_int_equal(chunkd__journal_append(j, &again), 0);
-	assert_int_equal(chunkd__journal_sync(j), 0);
-	chunkd__journal_close(j);
+	append_durably(e->dirfd, &again);
 	make_version1(e->dirfd);
-	memset(&s, 0, sizeof(s));
-	assert_int_equal(chunkd__journal_open(e->dirfd, &j, see, &s, &st), 0);
+	j = open_seen(e->dirfd, &s, &st);
 	assert_int_equal(s.n, 2);
 	assert_int_equal(st.upgraded, 1);
 	chunkd__journal_close(j);
@@ -1412,8 +1426,7 @@ static void test_refused_records(void **state)
 	uint8_t *h = slurp(e->dirfd, "journal", &len);
 	assert_int_equal(h[8], 2);
 	free(h);
-	memset(&s, 0, sizeof(s));
-	assert_int_equal(chunkd__journal_open(e->dirfd, &j, see, &s, &st), 0);
+	j = open_seen(e->dirfd, &s, &st);
 	assert_int_equal(st.upgraded, 0);
 	assert_int_equal(s.n, 2); /* ticket 1's record survived the upgrade */
 	assert_int_equal(s.v[0].ticket, 1);
@@ -1421,13 +1434,9 @@ static void test_refused_records(void **state)
 	chunkd__journal_close(j);
 
 	/* A refused record in a version 1 file is damage: replay stops there. */
-	assert_int_equal(chunkd__journal_open(e->dirfd, &j, NULL, NULL, &st), 0);
-	assert_int_equal(chunkd__journal_append(j, &no), 0);
-	assert_int_equal(chunkd__journal_sync(j), 0);
-	chunkd__journal_close(j);
+	append_durably(e->dirfd, &no);
 	make_version1(e->dirfd);
-	memset(&s, 0, sizeof(s));
-	assert_int_equal(chunkd__journal_open(e->dirfd, &j, see, &s, &st), 0);
+	j = open_seen(e->dirfd, &s, &st);
 	assert_int_equal(s.n, 2);
 	assert_int_equal(st.cut, CHUNKD_JOURNAL_CUT_CORRUPT); /* CRC-valid, bad content */
 	assert_non_null(strstr(st.why, "padding"));
