@@ -169,6 +169,8 @@ void chunkd_release(chunkd_client *c, chunkd_ref *ref)
 	if (!c || !ref || ref->_pin >= CHUNKD_PINS_PER_CLIENT || ref->_word == 0)
 		return;
 	chunkd__pin_release(&c->cat, c->me, c->req.hdr, ref->_pin, ref->_word, ref->_flips);
+	/* The next pin of this thread takes the entry just freed: its cache line is ours. */
+	pin_hint = ref->_pin;
 	ref->_word = 0;
 	ref->path = NULL;
 }

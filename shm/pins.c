@@ -6,6 +6,7 @@
 #include <errno.h>
 
 #include "atomics.h"
+#include "index_find.h"
 #include "shm.h"
 
 int chunkd__pin_take(struct chunkd_req_client *cl, uint32_t *hint, uint64_t word)
@@ -26,9 +27,28 @@ int chunkd__pin_take(struct chunkd_req_client *cl, uint32_t *hint, uint64_t word
 	return -ENOBUFS;
 }
 
-int chunkd__pin_find(const struct chunkd_cat_map *cat, struct chunkd_req_client *me,
-		     struct chunkd_req_hdr *bell, uint32_t *hint, const uint64_t dataset[4],
-		     uint64_t block, struct chunkd_idx_range *out, uint64_t *validated)
+__attribute__((cold)) int chunkd__pin_recheck(const struct chunkd_cat_map *cat, struct chunkd_req_client *me,
+			struct chunkd_req_hdr *bell, uint32_t pi, uint32_t slot, uint32_t gen)
+{
+	/* seq_cst: after our seq_cst pin CAS; pairs with the daemon's states[] store + pin scan.
+	 * The caller checked slot < max_chunks. */
+	uint64_t gs = chunkd__load_seq_cst(&cat->states[slot]);
+	if (gs == CHUNKD_GEN_STATE(gen, CHUNKD_SLOT_PUBLISHED))
+		return 1;
+	chunkd__pin_clear(me, pi);
+	if (CHUNKD_GS_GEN(gs) == gen && CHUNKD_GS_STATE(gs) == CHUNKD_SLOT_CONDEMNED)
+		chunkd__doorbell_ring(bell); /* the daemon may have seen our pin */
+	return 0;
+}
+
+/* chunkd__pin_find the general way: bounded retries of the look-up, a scan of the pin table
+ * for a free entry, the gen_state recheck. Out of line, so that the fast path stays short. */
+static __attribute__((noinline, cold)) int pin_find_slow(const struct chunkd_cat_map *cat,
+							 struct chunkd_req_client *me,
+							 struct chunkd_req_hdr *bell, uint32_t *hint,
+							 const uint64_t dataset[4], uint64_t block,
+							 struct chunkd_idx_range *out,
+							 uint64_t *validated)
 {
 	/* Pairs with the daemon's increment of index_flips after it switched index copies. */
 	uint64_t flips = chunkd__load_acquire(&cat->hdr->index_flips);
@@ -42,28 +62,60 @@ int chunkd__pin_find(const struct chunkd_cat_map *cat, struct chunkd_req_client 
 		int pi = chunkd__pin_take(me, hint, word);
 		if (pi < 0)
 			return pi;
-		/* The recheck, after our seq_cst pin CAS. Fast path: no index was published since
-		 * the look-up began, so the copy we read is the current one, and the daemon takes a
-		 * chunk of it out of PUBLISHED only after the next flip, whose seq_cst increment
-		 * then follows this load, so its pin scan sees our pin. Otherwise load the slot's
-		 * gen_state (seq_cst; pairs with the daemon's states[] store + pin scan): a cache
-		 * miss the fast path avoids. */
-		uint64_t gs = 0;
+		/* The recheck, after our seq_cst pin CAS: see chunkd__pin_find. */
 		if (chunkd__load_seq_cst(&cat->hdr->index_flips) == flips) {
 			*validated = flips;
 			return pi;
 		}
-		gs = chunkd__load_seq_cst(&cat->states[out->slot]);
-		if (gs == CHUNKD_GEN_STATE(out->gen, CHUNKD_SLOT_PUBLISHED)) {
+		if (chunkd__pin_recheck(cat, me, bell, (uint32_t)pi, out->slot, out->gen)) {
 			*validated = CHUNKD_FLIPS_NONE;
 			return pi;
 		}
-		chunkd__pin_clear(me, (uint32_t)pi);
-		if (CHUNKD_GS_GEN(gs) == out->gen && CHUNKD_GS_STATE(gs) == CHUNKD_SLOT_CONDEMNED)
-			chunkd__doorbell_ring(bell); /* the daemon may have seen our pin */
 		flips = chunkd__load_acquire(&cat->hdr->index_flips);
 	}
 	return -EAGAIN;
+}
+
+int chunkd__pin_find(const struct chunkd_cat_map *cat, struct chunkd_req_client *me,
+		     struct chunkd_req_hdr *bell, uint32_t *hint, const uint64_t dataset[4],
+		     uint64_t block, struct chunkd_idx_range *out, uint64_t *validated)
+{
+	/*
+	 * Fast path: one read section of the index, the pin entry *hint names, and no index
+	 * published in between. Anything else (a writer in the copy, that entry busy, a
+	 * publication) goes the general way. Short on purpose: a look-up waits on cache misses,
+	 * and the fewer instructions it issues, the sooner the next look-up's loads can start
+	 * while this one's last miss is outstanding (bench/README.md).
+	 *
+	 * Pairs with the daemon's increment of index_flips after it switched index copies.
+	 */
+	uint64_t flips = chunkd__load_acquire(&cat->hdr->index_flips);
+	int r = chunkd__idx_find_once(cat, dataset, block, out);
+	if (__builtin_expect(r == 0, 1)) {
+		uint32_t i = *hint % CHUNKD_PINS_PER_CLIENT;
+		uint64_t expect = 0;
+		/* seq_cst: see chunkd__pin_take. */
+		if (__builtin_expect(chunkd__load_relaxed(&me->pins[i]) == 0, 1) &&
+		    chunkd__cas_seq_cst(&me->pins[i], &expect, CHUNKD_PIN_WORD(out->slot, out->gen))) {
+			*hint = i + 1;
+			/* The recheck, after our seq_cst pin CAS. No index was published since the
+			 * look-up began, so the copy we read is the current one, and the daemon takes
+			 * a chunk of it out of PUBLISHED only after the next flip, whose seq_cst
+			 * increment then follows this load, so its pin scan sees our pin. Otherwise
+			 * the slot's gen_state decides (a cache miss this path avoids). */
+			if (__builtin_expect(chunkd__load_seq_cst(&cat->hdr->index_flips) == flips, 1)) {
+				*validated = flips;
+				return (int)i;
+			}
+			if (chunkd__pin_recheck(cat, me, bell, i, out->slot, out->gen)) {
+				*validated = CHUNKD_FLIPS_NONE;
+				return (int)i;
+			}
+		}
+	} else if (r < 0) {
+		return r;
+	}
+	return pin_find_slow(cat, me, bell, hint, dataset, block, out, validated);
 }
 
 int chunkd__pin_release(const struct chunkd_cat_map *cat, struct chunkd_req_client *me,

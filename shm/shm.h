@@ -182,6 +182,12 @@ int chunkd__pin_find(const struct chunkd_cat_map *cat, struct chunkd_req_client 
 		     uint64_t block, struct chunkd_idx_range *out, uint64_t *flips);
 #define CHUNKD_FLIPS_NONE UINT64_MAX
 
+/* Client: the recheck of a pin taken for (slot, gen) after an index publication: 1 if the slot
+ * still holds that incarnation PUBLISHED (the pin stands), else 0 after clearing entry pi (and
+ * ringing `bell` if the daemon may be waiting for it). slot < max_chunks. */
+int chunkd__pin_recheck(const struct chunkd_cat_map *cat, struct chunkd_req_client *me,
+			struct chunkd_req_hdr *bell, uint32_t pi, uint32_t slot, uint32_t gen);
+
 /* Client: release pin entry i of `me` if it still holds `word` (one seq_cst CAS), and ring `bell`
  * if the daemon may be waiting for it. `flips` is what chunkd__pin_find returned with it.
  * Returns 0, or -ENOENT if the entry did not hold `word`. */

@@ -224,7 +224,8 @@ static void test_race_threads(void **state)
 
 /*
  * The whole look-up protocol, with the real index: clients call chunkd__pin_find (look-up, pin,
- * the index_flips fast path or the gen_state recheck) on a chunk that the "daemon" publishes,
+ * the index_flips fast path or the gen_state recheck; its fast path is the one chunkd_find
+ * takes, and treating a changed index_flips as unchanged there fails this test) on a chunk that the "daemon" publishes,
  * deletes and republishes as a new incarnation over and over, in the daemon's order: publish an
  * index without the chunk, then store CONDEMNED, then scan the pins. CHUNKD_TEST_BAD_ORDER=1
  * condemns and scans before the flip instead (the order the fast path forbids): the test must
