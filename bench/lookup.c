@@ -58,6 +58,9 @@ static const char usage[] =
     "  -s, --seed N          query sequence seed (default 1)\n"
     "  -w, --wait-ms MS      deadline for the daemon to become READY (default 120000)\n"
     "  -t, --tmp DIR         where to create the LMDB environment (default: $TMPDIR or /tmp)\n"
+    "      --pairs N         then N adjacent passes of the in-process index and chunkd, the\n"
+    "                        order alternating, each after its warm-up: the <= 1.5x target is\n"
+    "                        the median of their ratios (default 21)\n"
     "      --only METHOD     after the verification, time only METHOD (ref, chunkd, lmdb-txn,\n"
     "                        lmdb-renew, lmdb-one, previous) and print its figure alone: for\n"
     "                        profiling with perf; no targets are checked\n"
@@ -804,11 +807,12 @@ int main(int argc, char **argv)
 	    {"tmp", required_argument, NULL, 't'},
 	    {"strict", no_argument, NULL, 'S'},
 	    {"only", required_argument, NULL, 'O'},
+	    {"pairs", required_argument, NULL, 'P'},
 	    {"help", no_argument, NULL, 'h'},
 	    {NULL, 0, NULL, 0},
 	};
 	const char *name = NULL, *data_dir = NULL, *tmp = getenv("TMPDIR");
-	uint64_t nq = 1000000, reps = 11, seed = 1, wait_ms = 120000;
+	uint64_t nq = 1000000, reps = 11, seed = 1, wait_ms = 120000, pairs = 21;
 	int strict = 0, only = -1, missed = 0, c;
 
 	while ((c = getopt_long(argc, argv, "n:d:q:r:s:w:t:h", opts, NULL)) != -1) {
@@ -840,6 +844,10 @@ int main(int argc, char **argv)
 			break;
 		case 'S':
 			strict = 1;
+			break;
+		case 'P':
+			if (parse_size("--pairs", optarg, 1, 1000, &pairs))
+				return 2;
 			break;
 		case 'O':
 			for (int m = 0; m < M_COUNT; m++)
@@ -951,6 +959,37 @@ int main(int argc, char **argv)
 	}
 
 	/*
+	 * The 1.5x target compares two passes of ~0.1 s each, but a repetition of the rotation
+	 * above spreads six methods (the LMDB ones ~0.7 s each) over a few seconds, and on a shared
+	 * VM the machine's speed drifts on that scale: the same build measured 1.44x and 1.72x in
+	 * consecutive runs. So the target gets pairs of its own: the reference and chunkd back to
+	 * back, each after its warm-up, the order alternating so that neither always goes first.
+	 */
+	double *pair = calloc(pairs, sizeof(double));
+	if (!pair)
+		die("out of memory");
+	for (uint64_t k = 0; k < pairs; k++) {
+		double t[2];
+		uint64_t sums[2];
+		size_t hs[2];
+		for (int j = 0; j < 2; j++) {
+			enum method m = ((k + (uint64_t)j) & 1) ? M_CHUNKD : M_REF;
+			uint64_t sum;
+			size_t h;
+			run_pass(&b, m, warm, &sum, &h);
+			t[m == M_CHUNKD] = (double)run_pass(&b, m, b.nq, &sums[j], &hs[j]);
+		}
+		if (sums[0] != sums[1] || hs[0] != hs[1])
+			wrong("pair %llu: chunkd and the in-process index disagree (digest or hit "
+			      "count)",
+			      (unsigned long long)k);
+		pair[k] = t[1] / t[0];
+	}
+	double ratio = bench_median(pair, pairs); /* sorts pair[] */
+	double pq1 = pair[pairs / 4], pq3 = pair[(3 * pairs) / 4];
+	free(pair);
+
+	/*
 	 * Ratios are taken per repetition, where the passes of both methods ran within a few
 	 * seconds of each other, and their median is reported: a burst of load from elsewhere on
 	 * the machine slows both passes of a repetition rather than skewing the ratio.
@@ -981,7 +1020,6 @@ int main(int argc, char **argv)
 		hi[m] = bench_max(ns[m], reps);
 		med[m] = bench_median(ns[m], reps);
 	}
-	double ratio = rel[M_CHUNKD];
 
 	printf("\n%zu random queries per pass (%.2f%% hit), %llu passes per method; ns per find "
 	       "(+ release); ratios are medians of per-pass ratios\n",
@@ -997,7 +1035,10 @@ int main(int argc, char **argv)
 	       pass_ratio ? "PASS" : "MISS");
 	printf("target: chunkd >= 5x faster than LMDB txn/look-up:   %5.2fx faster %s\n", speedup,
 	       pass_speedup ? "PASS" : "MISS");
-	printf("info:   chunkd vs in-process per repetition, quartiles: %.2fx to %.2fx\n", rq1, rq3);
+	printf("info:   chunkd vs in-process, %llu pairs, quartiles:      %.2fx to %.2fx\n",
+	       (unsigned long long)pairs, pq1, pq3);
+	printf("info:   chunkd vs in-process in the rotation: %.2fx, quartiles %.2fx to %.2fx\n",
+	       rel[M_CHUNKD], rq1, rq3);
 	printf("info:   chunkd vs LMDB reset/renew per look-up:      %5.2fx faster\n\n",
 	       speedup_renew);
 
@@ -1010,7 +1051,8 @@ int main(int argc, char **argv)
 		snprintf(rt, sizeof(rt), "%.2fx", rel[m]);
 		bench_row("lookup", method_names[m], v, rt, m == M_REF ? "reference" : NULL, NULL);
 	}
-	snprintf(v, sizeof(v), "%.2fx in-process", ratio);
+	snprintf(v, sizeof(v), "%.2fx in-process (median of %llu adjacent pairs)", ratio,
+		 (unsigned long long)pairs);
 	bench_row("lookup", "target: chunkd vs in-process", v, NULL, "<= 1.5x",
 		  pass_ratio ? "PASS" : "MISS");
 	snprintf(v, sizeof(v), "%.2fx faster", speedup);
